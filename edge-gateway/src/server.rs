@@ -1,0 +1,282 @@
+//! The HTTP server: routes, request limits, CORS, and the process's runtimes.
+//!
+//! `run` starts the hub's thread (its own single-threaded Tokio runtime: the NATS feed and the
+//! dispatch, see [`crate::hub`]), the WebTransport endpoint (its own runtime, see
+//! [`crate::transport::wt`]) and then actix-web on the main thread (the system arbiter
+//! handles signals; `HTTP_WORKERS` worker threads serve the sockets). The HTTP listener is up
+//! before NATS is reached, so `/health` answers at once and `/ready` tells when the hub is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::{Auth, Mode};
+use crate::config::{Config, Origins};
+use crate::hub::{feed, Hub, HubSettings};
+use crate::metrics::Metrics;
+use crate::tls::Certificates;
+use crate::transport::wt::{WtEndpoint, WtError, WtServer};
+use crate::transport::{json_error, sse, ws};
+use crate::{api, shutdown};
+
+/// Longest request target (path and query) accepted; longer gets 414.
+pub const MAX_URI_BYTES: usize = 2048;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub hub: Hub,
+    pub auth: Auth,
+    pub settings: HttpSettings,
+    /// The WebTransport endpoint's port and certificate, for `/api/wt/cert-hash`.
+    pub wt: WtEndpoint,
+}
+
+/// The HTTP-side settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub ws_ping_interval: Duration,
+    pub sse_heartbeat_interval: Duration,
+    pub sse_retry: Duration,
+    pub ws_allowed_origins: Origins,
+    pub cors_allowed_origins: Origins,
+    pub max_header_bytes: usize,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> HttpSettings {
+        HttpSettings {
+            ws_ping_interval: config.ws_ping_interval,
+            sse_heartbeat_interval: config.sse_heartbeat_interval,
+            sse_retry: config.sse_retry,
+            ws_allowed_origins: config.ws_allowed_origins.clone(),
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
+            max_header_bytes: config.max_header_bytes,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot start the hub thread: {0}")]
+    HubThread(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    WebTransport(#[from] WtError),
+}
+
+/// Runs the gateway until SIGTERM/SIGINT and the drain that follows.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    // A bad TLS_CERT/TLS_KEY stops start-up before anything else is logged.
+    let certs = Certificates::load(config.tls_cert.as_deref(), config.tls_key.as_deref())
+        .unwrap_or_else(|err| shared::config::invalid(err.setting(), err));
+    let metrics = Metrics::new();
+    let hub = Hub::new(
+        HubSettings {
+            stream: config.stream.clone(),
+            history_size: config.history_size,
+            history_bytes: config.history_bytes,
+            queue_bytes: config.client_queue_bytes,
+        },
+        Arc::clone(&metrics),
+    );
+    let auth = Auth::new(config.auth_settings());
+    if auth.mode() == Mode::Off {
+        tracing::warn!("AUTH=off: anyone can subscribe; use this for local demos only");
+    }
+    spawn_hub_thread(hub.clone(), auth.clone(), config.nats_url.clone())?;
+    let wt = WtServer::start(hub.clone(), certs, config.wt_addr)?;
+    let grace = config.shutdown_grace;
+    let served =
+        actix_web::rt::System::new().block_on(serve(hub, auth, wt.endpoint().clone(), config));
+    // The hub's shutdown has ended every session already; this closes the endpoint.
+    wt.stop(std::time::Instant::now() + grace);
+    served
+}
+
+/// The hub's thread also follows the API keys: both are NATS readers that must never wait on
+/// a client.
+fn spawn_hub_thread(hub: Hub, auth: Auth, nats_url: String) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::HubThread)?;
+    std::thread::Builder::new()
+        .name("hub".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let keys = async {
+                    if auth.mode() == Mode::Off {
+                        return;
+                    }
+                    match shared::nats::connect(&nats_url, "edge-gateway keys").await {
+                        Ok(client) => auth.follow_keys(async_nats::jetstream::new(client)).await,
+                        Err(err) => tracing::error!(error = %err, "cannot follow API keys"),
+                    }
+                };
+                tokio::join!(feed::run(hub, nats_url.clone()), keys);
+            })
+        })
+        .map_err(ServerError::HubThread)?;
+    Ok(())
+}
+
+async fn serve(hub: Hub, auth: Auth, wt: WtEndpoint, config: Config) -> Result<(), ServerError> {
+    // Installed before binding, so a SIGTERM during start-up is a clean stop too.
+    let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
+    let state = web::Data::new(AppState {
+        hub: hub.clone(),
+        auth,
+        settings: HttpSettings::from_config(&config),
+        wt,
+    });
+    let workers = config.http_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let grace = config.shutdown_grace;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(edge))
+            .configure(routes)
+    })
+    .workers(workers)
+    .backlog(4096)
+    .tcp_nodelay(true)
+    .client_request_timeout(Duration::from_secs(5))
+    // After a WebSocket close frame (ours or the echo of the client's), how long the connection
+    // waits for the client to close its side before closing it anyway (clients wait for the
+    // server to close TCP first, RFC 6455 §7.1.1). Not below 1 s: actix-http computes this
+    // deadline from a clock it refreshes every 500 ms, and a deadline already in the past leaves
+    // the connection open for good.
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .shutdown_timeout(grace.as_secs_f64().ceil() as u64)
+    .disable_signals()
+    .bind(config.http_addr)
+    .map_err(|source| ServerError::Bind {
+        addr: config.http_addr,
+        source,
+    })?
+    .run();
+    tracing::info!(addr = %config.http_addr, workers, nats = %config.nats_url, stream = %config.stream, "edge-gateway listening");
+    actix_web::rt::spawn(shutdown::drain_on_signal(
+        signals,
+        hub,
+        server.handle(),
+        grace,
+    ));
+    server.await.map_err(ServerError::Serve)?;
+    tracing::info!("edge-gateway stopped");
+    Ok(())
+}
+
+/// The routes (spec §4).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/type/{type}", web::get().to(ws::by_type))
+        .route("/ws/{game}", web::get().to(ws::by_game))
+        .route("/sse/type/{type}", web::get().to(sse::by_type))
+        .route("/sse/{game}", web::get().to(sse::by_game))
+        .route("/api/auth/token", web::post().to(api::token))
+        .route("/api/games", web::get().to(api::games))
+        .route("/api/wt/cert-hash", web::get().to(api::wt_cert_hash))
+        .route("/api/games/{game}/latest", web::get().to(api::latest))
+        .route("/health", web::get().to(api::health))
+        .route("/ready", web::get().to(api::ready))
+        .route("/metrics", web::get().to(api::metrics))
+        .configure(crate::page::routes)
+        .default_service(web::to(api::not_found));
+}
+
+/// Request limits and CORS, in front of every route.
+///
+/// actix-http accepts request heads up to 128 KiB; anything over `MAX_HEADER_BYTES` gets 431
+/// here, and a request target over [`MAX_URI_BYTES`] gets 414, before any handler runs.
+/// CORS: an allowed `Origin` is answered with `Access-Control-Allow-Origin`, preflights with
+/// 204. WebSocket upgrades are checked separately against `WS_ALLOWED_ORIGINS` (in `ws`).
+async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let settings = &state.settings;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
+        let response = json_error(StatusCode::URI_TOO_LONG, "request target too long");
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let head_len = target_len
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_len > settings.max_header_bytes {
+        let response = json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        );
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let allowed_origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|origin| {
+            origin
+                .to_str()
+                .is_ok_and(|o| settings.cors_allowed_origins.allows(o))
+        })
+        .cloned();
+    let allow_value = |origin: HeaderValue| match settings.cors_allowed_origins {
+        Origins::Any => HeaderValue::from_static("*"),
+        Origins::List(_) => origin,
+    };
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut response = actix_web::HttpResponse::NoContent();
+        if let Some(origin) = allowed_origin {
+            response
+                .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_value(origin)))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+                .insert_header((header::VARY, "Origin"));
+            if let Some(requested) = req
+                .headers()
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+            {
+                response.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, requested));
+            }
+        }
+        let response = response.finish();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let mut response = next.call(req).await?;
+    if let Some(origin) = allowed_origin {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_value(origin));
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    Ok(response.map_into_left_body())
+}
