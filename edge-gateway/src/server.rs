@@ -99,7 +99,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         tracing::warn!("AUTH=off: anyone can subscribe; use this for local demos only");
     }
     spawn_hub_thread(hub.clone(), auth.clone(), config.nats_url.clone())?;
-    let wt = WtServer::start(hub.clone(), certs, config.wt_addr)?;
+    let wt = WtServer::start(hub.clone(), auth.clone(), certs, config.wt_addr)?;
     let grace = config.shutdown_grace;
     let served =
         actix_web::rt::System::new().block_on(serve(hub, auth, wt.endpoint().clone(), config));

@@ -56,10 +56,19 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Log targets of dependencies that print whole request URLs at debug level, which would put
+/// `?token=` credentials in the logs. They are held at `info` whatever `RUST_LOG` says.
+const URL_LOGGING_TARGETS: &[&str] = &["web_transport_quinn::connect"];
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters, `info` by default.
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in URL_LOGGING_TARGETS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

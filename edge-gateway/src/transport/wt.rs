@@ -13,7 +13,8 @@
 //!   stream (STOP_SENDING) and keeps getting datagrams.
 //!
 //! The session is refused with an HTTP status before it is accepted, like the other adapters
-//! (`admit`): unknown path, game or type 404, malformed `?since=` 400, hub not ready or
+//! (`admit`): unknown path, game or type 404, malformed `?since=` 400, a missing, bad or
+//! out-of-scope `?token=` 401/403 (when `AUTH=required`), caps reached 429, hub not ready or
 //! stopping 503. After it is accepted, the gateway ends it with a WebTransport application code
 //! and a reason (what a browser's `transport.closed` resolves with), the WebSocket numbers:
 //! 1001 shutting down, 1008 slow consumer, 1011 resume failed, 4010 resume cursor outside the
@@ -45,6 +46,7 @@ use web_transport_quinn::quinn;
 use web_transport_quinn::{Request, SendStream, Session, WriteError};
 
 use super::{cursor, resolve_topic, Refusal, TopicKind};
+use crate::auth::{Admission, Auth, Credential};
 use crate::hub::{Event, Hub, Next, Start, Subscription};
 use crate::metrics::{EndReason, Protocol, WebTransportMetrics};
 use crate::tls::Certificates;
@@ -108,7 +110,12 @@ pub struct WtServer {
 
 impl WtServer {
     /// Binds `addr` and starts accepting sessions for `hub`'s topics.
-    pub fn start(hub: Hub, certs: Certificates, addr: SocketAddr) -> Result<WtServer, WtError> {
+    pub fn start(
+        hub: Hub,
+        auth: Auth,
+        certs: Certificates,
+        addr: SocketAddr,
+    ) -> Result<WtServer, WtError> {
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -134,7 +141,7 @@ impl WtServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::spawn(renew.renew_self_signed());
-                    serve(endpoint, hub, stopped).await;
+                    serve(endpoint, hub, auth, stopped).await;
                 });
             })
             .map_err(WtError::Runtime)?;
@@ -183,13 +190,18 @@ fn server_config(certs: &Certificates, queue_bytes: usize) -> Result<quinn::Serv
 }
 
 /// The accept loop: one task per incoming connection, until told to stop.
-async fn serve(endpoint: quinn::Endpoint, hub: Hub, mut stop: oneshot::Receiver<Instant>) {
+async fn serve(
+    endpoint: quinn::Endpoint,
+    hub: Hub,
+    auth: Auth,
+    mut stop: oneshot::Receiver<Instant>,
+) {
     let mut sessions = JoinSet::new();
     let deadline = loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    sessions.spawn(session(incoming, hub.clone()));
+                    sessions.spawn(session(incoming, hub.clone(), auth.clone()));
                 }
                 None => break None,
             },
@@ -224,7 +236,7 @@ async fn serve(endpoint: quinn::Endpoint, hub: Hub, mut stop: oneshot::Receiver<
 }
 
 /// One connection: the HTTP/3 handshake and CONNECT request, admission, then the session.
-async fn session(incoming: quinn::Incoming, hub: Hub) {
+async fn session(incoming: quinn::Incoming, hub: Hub, auth: Auth) {
     let remote = incoming.remote_address();
     let handshake = async { Request::accept(incoming.await?).await };
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -239,8 +251,9 @@ async fn session(incoming: quinn::Incoming, hub: Hub) {
         }
     };
     let wt = &hub.metrics().webtransport;
-    let mut sub = match admit(&hub, request.url.path(), request.url.query()).await {
-        Ok(sub) => sub,
+    let admitted = admit(&hub, &auth, request.url.path(), request.url.query(), remote).await;
+    let (mut sub, _admission) = match admitted {
+        Ok(admitted) => admitted,
         Err(refusal) => {
             let status = refusal.status_code().as_u16();
             tracing::debug!(%remote, path = request.url.path(), status, reason = %refusal, "WebTransport session refused");
@@ -311,10 +324,16 @@ async fn response_sent(session: &Session, stream_frames_before: u64) {
 }
 
 /// Everything decided before a session is accepted, in the order of the other adapters: the
-/// path names a topic (404), [the credentials allow it: authentication goes here], the cursor
-/// parses (400), the hub takes the subscriber (503). Unknown query parameters (`token`, ...)
-/// are ignored.
-async fn admit(hub: &Hub, path: &str, query: Option<&str>) -> Result<Subscription, Refusal> {
+/// path names a topic (404), the cursor parses (400), the `?token=` allows the topic (401, 403,
+/// 429), the hub takes the subscriber (503). The [`Admission`] lives as long as the session: it
+/// holds its places under the connection caps and closes it (4001) when its key is revoked.
+async fn admit(
+    hub: &Hub,
+    auth: &Auth,
+    path: &str,
+    query: Option<&str>,
+    remote: SocketAddr,
+) -> Result<(Subscription, Admission), Refusal> {
     let (kind, name) = route(path).ok_or_else(|| Refusal::UnknownTopic {
         what: "WebTransport endpoint",
         name: path.chars().take(64).collect(),
@@ -323,12 +342,20 @@ async fn admit(hub: &Hub, path: &str, query: Option<&str>) -> Result<Subscriptio
     let params = actix_web::web::Query::<WtQuery>::from_query(query.unwrap_or_default())
         .map_err(|err| Refusal::BadRequest(err.to_string()))?;
     let since = cursor(params.since.as_deref())?;
-    Ok(hub.subscribe(topic, since, Protocol::Wt).await?)
+    let credential = params
+        .token
+        .as_deref()
+        .map_or(Credential::None, Credential::Token);
+    let mut admission = auth.admit(credential, hub, &topic, Some(remote.ip()))?;
+    let sub = hub.subscribe(topic, since, Protocol::Wt).await?;
+    admission.attach(auth, sub.closer());
+    Ok((sub, admission))
 }
 
 #[derive(serde::Deserialize)]
 struct WtQuery {
     since: Option<String>,
+    token: Option<String>,
 }
 
 /// `/wt/{game}` or `/wt/type/{type}`, the name percent-decoded.
@@ -464,7 +491,7 @@ fn close_code(reason: EndReason) -> (u32, &'static str) {
         EndReason::Shutdown => (CLOSE_SHUTDOWN, "server shutting down"),
         EndReason::ReplayFailed => (CLOSE_REPLAY_FAILED, "resume failed; retry"),
         EndReason::CursorReset => (CLOSE_CURSOR_RESET, "cursor reset"),
-        EndReason::Revoked => (CLOSE_REVOKED, "key revoked"),
+        EndReason::Revoked => (CLOSE_REVOKED, "API key revoked"),
         EndReason::ClientGone | EndReason::PingTimeout | EndReason::ProtocolError => (0, ""),
     }
 }

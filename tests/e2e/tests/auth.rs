@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use e2e::clients::{Gateway, SseClient, WsClient, WsEvent, WsOptions};
 use e2e::pipeline::{write_rounds, Pipeline};
+use e2e::wt::{self, CertHash, WtClient};
 use hmac::{Hmac, Mac};
 use testkit::{wait_until, Service};
 
@@ -115,11 +116,15 @@ async fn the_sample_flows_work_with_a_key_and_nothing_leaks_into_logs() {
         .start_streaming_consumer(&[("RUST_LOG", "debug")])
         .await
         .unwrap();
-    let gw = Gateway::start(&p.nats.url(), &auth_env()).await.unwrap();
+    let (gw, wt_port) = wt::start_gateway(&p.nats.url(), &auth_env()).await.unwrap();
     let (_, key) = create_key(&p, &[]).await;
     write_rounds(p.pg.url(), vec![1]).await.unwrap();
 
     let token = token(&gw, &key).await;
+    let hash = CertHash::fetch(&gw).await.unwrap();
+    let mut session = WtClient::connect(wt_port, &format!("/wt/crash?token={token}"), &hash.bytes)
+        .await
+        .unwrap();
     let mut ws = WsClient::connect_with(gw.addr, "/ws/crash", &with_token(&token))
         .await
         .unwrap();
@@ -143,6 +148,7 @@ async fn the_sample_flows_work_with_a_key_and_nothing_leaks_into_logs() {
 
     let latest = ws.round(STEP).await.unwrap();
     assert_eq!(latest["round_id"], 1);
+    assert_eq!(session.round(STEP).await.unwrap()["round_id"], 1);
     assert_eq!(by_query.event(STEP).await.unwrap().event, "initial");
     // Games cycle from crash (game 1): rounds 2 and 17 of this batch are crash rounds.
     write_rounds(p.pg.url(), vec![16]).await.unwrap();
@@ -154,12 +160,21 @@ async fn the_sample_flows_work_with_a_key_and_nothing_leaks_into_logs() {
         .map(|r| r["round_id"].as_i64())
         .collect();
     assert_eq!(live, [Some(2), Some(17)]);
+    let live: Vec<_> = session
+        .rounds(2, STEP)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["round_id"].as_i64())
+        .collect();
+    assert_eq!(live, [Some(2), Some(17)], "WebTransport with ?token=");
     let message = by_query.event(STEP).await.unwrap();
     assert_eq!(message.event, "message");
     assert_eq!(message.json().unwrap()["round_id"], 2);
 
     // No key and no token in any log line, even at debug level.
     drop(ws);
+    session.close();
     consumer.kill().unwrap();
     for (who, log) in [("gateway", gw.service.log()), ("consumer", consumer.log())] {
         assert!(!log.is_empty());
@@ -182,7 +197,7 @@ async fn the_sample_flows_work_with_a_key_and_nothing_leaks_into_logs() {
 async fn bad_credentials_are_refused_before_the_upgrade() {
     let p = Pipeline::start().await.unwrap();
     let _consumer = p.start_streaming_consumer(&[]).await.unwrap();
-    let gw = Gateway::start(&p.nats.url(), &auth_env()).await.unwrap();
+    let (gw, wt_port) = wt::start_gateway(&p.nats.url(), &auth_env()).await.unwrap();
     let (scoped_id, scoped) =
         create_key(&p, &["--scope", "game:crash", "--scope", "type:color"]).await;
     let scoped_token = token(&gw, &scoped).await;
@@ -221,6 +236,38 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
         assert_eq!(refused.status, 401, "{what}");
         assert_eq!(refused.json().unwrap()["error"], expected, "{what}");
     }
+    let hash = CertHash::fetch(&gw).await.unwrap().bytes;
+    let wt_status = |path: String| {
+        let hash = hash.clone();
+        async move {
+            match WtClient::open(wt_port, &path, &hash).await.unwrap() {
+                Ok(session) => {
+                    session.close();
+                    200
+                }
+                Err(refused) => refused.status,
+            }
+        }
+    };
+    for (what, query, status) in [
+        ("no token", String::new(), 401),
+        ("garbage", "?token=not-a-token".to_owned(), 401),
+        ("forged", format!("?token={forged}"), 401),
+        ("expired", format!("?token={expired}"), 401),
+        ("unknown key", format!("?token={unknown_key}"), 401),
+        ("in scope", format!("?token={scoped_token}"), 200),
+    ] {
+        assert_eq!(
+            wt_status(format!("/wt/crash{query}")).await,
+            status,
+            "WebTransport, {what}"
+        );
+    }
+    assert_eq!(
+        wt_status(format!("/wt/slot?token={scoped_token}")).await,
+        403,
+        "WebTransport, a game outside the scopes"
+    );
     let ws = WsClient::refused_with(gw.addr, "/ws/slot", &with_token(&scoped_token))
         .await
         .unwrap();
@@ -256,22 +303,32 @@ async fn bad_credentials_are_refused_before_the_upgrade() {
 }
 
 /// A revoked key stops working on three gateways within 2 s: new tokens, new connections, and
-/// its open connections (WebSocket close 4001, SSE stream end). Other keys are untouched.
+/// its open connections (WebSocket and WebTransport close 4001, SSE stream end). Other keys are
+/// untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_open_connections_on_three_gateways_within_two_seconds() {
     let p = Pipeline::start().await.unwrap();
     let _consumer = p.start_streaming_consumer(&[]).await.unwrap();
     let mut gateways = Vec::new();
+    let mut wt_ports = Vec::new();
     for _ in 0..3 {
-        gateways.push(Gateway::start(&p.nats.url(), &auth_env()).await.unwrap());
+        let (gw, port) = wt::start_gateway(&p.nats.url(), &auth_env()).await.unwrap();
+        gateways.push(gw);
+        wt_ports.push(port);
     }
     let (id, key) = create_key(&p, &[]).await;
     let (_, other) = create_key(&p, &[]).await;
     write_rounds(p.pg.url(), vec![1]).await.unwrap();
     let mut sockets = Vec::new();
     let mut streams = Vec::new();
+    let mut sessions = Vec::new();
     let mut bystanders = Vec::new();
-    for gw in &gateways {
+    for (gw, port) in gateways.iter().zip(&wt_ports) {
+        let hash = CertHash::fetch(gw).await.unwrap().bytes;
+        let path = format!("/wt/crash?token={}", token(gw, &key).await);
+        let mut session = WtClient::connect(*port, &path, &hash).await.unwrap();
+        assert_eq!(session.round(STEP).await.unwrap()["round_id"], 1);
+        sessions.push(session);
         let mut ws =
             WsClient::connect_with(gw.addr, "/ws/crash", &with_token(&token(gw, &key).await))
                 .await
@@ -308,6 +365,14 @@ async fn revocation_reaches_open_connections_on_three_gateways_within_two_second
         assert!(
             sse.until_end(left).await.unwrap().is_empty(),
             "SSE stream should end without events"
+        );
+    }
+    for session in &sessions {
+        let left = Duration::from_secs(2).saturating_sub(revoked.elapsed());
+        assert_eq!(
+            session.closed(left).await.unwrap(),
+            (4001, "API key revoked".to_owned()),
+            "WebTransport session"
         );
     }
     println!(
