@@ -12,6 +12,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(20);
+/// Longer than any scheduling hiccup of a loaded machine, far shorter than a blocked hub.
+const STALL_DEADLINE_MS: i64 = 5_000;
 
 fn game<'a>(games: &'a [Game], slug: &str) -> &'a Game {
     games.iter().find(|g| g.slug == slug).unwrap()
@@ -61,8 +63,9 @@ async fn stalled_sse(addr: SocketAddr, path: &str) -> TcpStream {
 ///
 /// 100 fast WebSocket clients follow `crash`; the stalled clients follow `type:multiplier`, so
 /// they get every crash round too (the same dispatch) plus large `slot` rounds that fill their
-/// queues. Phase A runs without the stalled clients, phase B with them; the fast clients' p99
-/// commit-to-receive latency must stay where it was.
+/// queues. Phase A runs without the stalled clients, phase B with them; in phase B the fast
+/// clients must still get every round, in order, each within a deadline only a hub held back by
+/// the stalled sockets would miss. The two phases' latencies are printed for comparison.
 #[tokio::test]
 async fn slow_client_is_closed_1008_while_others_keep_their_latency() {
     const FAST: usize = 100;
@@ -166,17 +169,20 @@ async fn slow_client_is_closed_1008_while_others_keep_their_latency() {
         }
     }
     let (p50_a, p99_a) = (percentile(phase_a.clone(), 50.0), percentile(phase_a, 99.0));
+    let phase_b_max = phase_b.iter().copied().max().unwrap_or_default();
     let (p50_b, p99_b) = (percentile(phase_b.clone(), 50.0), percentile(phase_b, 99.0));
     eprintln!(
         "fast clients, commit→receive: without a stalled client p50 {p50_a} ms p99 {p99_a} ms; \
          with one p50 {p50_b} ms p99 {p99_b} ms"
     );
-    // A hub that waited for the stalled clients would hold every fast client back for seconds
-    // (until the stalled sockets time out); the slack only absorbs the scheduling noise of a
-    // 2-core machine running other tests at the same time.
+    // A hub that waited for the stalled clients would hold every fast client back until the
+    // stalled sockets time out (minutes). So the check is a deadline that only a blocked hub
+    // misses, not a latency figure: those are measured in bench/ (gateway-latency), not asserted
+    // on a machine that runs other tests at the same time.
+    let worst = phase_b_max;
     assert!(
-        p99_b <= (3 * p99_a).max(p99_a + 100),
-        "p99 with a stalled client ({p99_b} ms) vs without ({p99_a} ms)"
+        worst < STALL_DEADLINE_MS,
+        "a fast client waited {worst} ms for a round while a client was stalled"
     );
 
     // The stalled WebSocket client, reading at last: a gap-free prefix of its rounds, then 1008.
