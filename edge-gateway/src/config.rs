@@ -18,9 +18,15 @@ use shared::config::{parse_duration, LogFormat};
     about = "Datastream edge gateway: rounds from NATS JetStream to WebSocket, SSE and WebTransport clients."
 )]
 pub struct Config {
-    /// Address of the HTTP listener (WebSocket, SSE, REST, health, metrics).
+    /// Address of the HTTP listener (WebSocket, SSE, REST, health; metrics unless METRICS_ADDR).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:3000")]
     pub http_addr: SocketAddr,
+
+    /// Address of a separate listener for `/metrics` and `/health` (e.g. `0.0.0.0:9090`), so that
+    /// scrapes need not go through the public port; `/metrics` then leaves HTTP_ADDR. Unset:
+    /// `/metrics` is served on HTTP_ADDR.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// UDP address of the WebTransport (HTTP/3) endpoint.
     #[arg(long, env = "WT_ADDR", default_value = "0.0.0.0:4433")]

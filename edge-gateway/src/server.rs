@@ -6,6 +6,7 @@
 //! handles signals; `HTTP_WORKERS` worker threads serve the sockets). The HTTP listener is up
 //! before NATS is reached, so `/health` answers at once and `/ready` tells when the hub is.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ pub enum ServerError {
     HubThread(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot install signal handlers: {0}")]
@@ -148,11 +149,21 @@ async fn serve(hub: Hub, auth: Auth, wt: WtEndpoint, config: Config) -> Result<(
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
     let grace = config.shutdown_grace;
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => Some(metrics_server(state.clone(), addr)?),
+        None => None,
+    };
+    let metrics_on_main = metrics_server.is_none();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(edge))
-            .configure(routes)
+            .configure(|cfg| {
+                routes(cfg);
+                if metrics_on_main {
+                    cfg.route("/metrics", web::get().to(api::metrics));
+                }
+            })
     })
     .workers(workers)
     .backlog(4096)
@@ -179,12 +190,42 @@ async fn serve(hub: Hub, auth: Auth, wt: WtEndpoint, config: Config) -> Result<(
         server.handle(),
         grace,
     ));
+    let metrics_handle = metrics_server.map(|metrics| {
+        let handle = metrics.handle();
+        actix_web::rt::spawn(metrics);
+        handle
+    });
     server.await.map_err(ServerError::Serve)?;
+    if let Some(metrics) = metrics_handle {
+        metrics.stop(false).await;
+    }
     tracing::info!("edge-gateway stopped");
     Ok(())
 }
 
-/// The routes (spec §4).
+/// The `METRICS_ADDR` listener: `/metrics` and `/health` only, one worker.
+fn metrics_server(
+    state: web::Data<AppState>,
+    addr: SocketAddr,
+) -> Result<actix_web::dev::Server, ServerError> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(api::metrics))
+            .route("/health", web::get().to(api::health))
+            .default_service(web::to(api::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)
+    .map_err(|source| ServerError::Bind { addr, source })?
+    .run();
+    tracing::info!(%addr, "metrics listening");
+    Ok(server)
+}
+
+/// The routes (spec §4), but for `/metrics`, which goes where `METRICS_ADDR` says.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/type/{type}", web::get().to(ws::by_type))
         .route("/ws/{game}", web::get().to(ws::by_game))
@@ -196,7 +237,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/games/{game}/latest", web::get().to(api::latest))
         .route("/health", web::get().to(api::health))
         .route("/ready", web::get().to(api::ready))
-        .route("/metrics", web::get().to(api::metrics))
         .configure(crate::page::routes)
         .default_service(web::to(api::not_found));
 }
