@@ -220,6 +220,16 @@ impl WsConnection {
             0x8..=0xA => {}
             _ => return Err(self.protocol_close(CloseCode::Protocol, "unknown opcode")),
         }
+        // A control frame is never fragmented and carries at most 125 bytes (RFC 6455 §5.5): say
+        // so as soon as its header claims otherwise, rather than wait for a payload.
+        if first & 0x80 == 0 {
+            return Err(self.protocol_close(CloseCode::Protocol, "fragmented control frame"));
+        }
+        if let Some(&second) = self.read_buf.get(1) {
+            if usize::from(second & 0x7F) > MAX_CONTROL_PAYLOAD {
+                return Err(self.protocol_close(CloseCode::Protocol, "control frame too long"));
+            }
+        }
         let parsed = Parser::parse(&mut self.read_buf, true, MAX_CONTROL_PAYLOAD);
         let (_, opcode, data) = match parsed {
             Ok(Some(frame)) => frame,

@@ -204,6 +204,11 @@ pub struct WsOptions {
     /// `SO_RCVBUF` of the client socket (a small one makes a client that stops reading back up
     /// into the server quickly).
     pub recv_buffer: Option<u32>,
+    /// `TCP_MAXSEG`: the segment size the client announces. The server sizes its send buffer
+    /// for the connection from it (ten segments, doubled, at first), so a small one keeps what
+    /// the kernel holds for a client that stops reading small: about 40 KiB at 536 bytes
+    /// instead of several MiB at loopback's 64 KiB.
+    pub max_segment: Option<u32>,
 }
 
 /// Something read from a WebSocket.
@@ -299,6 +304,9 @@ impl WsClient {
         let socket = TcpSocket::new_v4()?;
         if let Some(size) = options.recv_buffer {
             socket.set_recv_buffer_size(size)?;
+        }
+        if let Some(mss) = options.max_segment {
+            socket2::SockRef::from(&socket).set_tcp_mss(mss)?;
         }
         let stream = socket
             .connect(addr)

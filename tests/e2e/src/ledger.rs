@@ -6,11 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::Value;
+use testkit::wait_until;
 
 use crate::clients::{parse_sse_block, SseItem, WsClient, WsEvent};
+use crate::pipeline::Stored;
+use crate::wt::{CertHash, WtClient};
+
+/// How long a WebTransport ledger client's stream may stay quiet before the client checks that
+/// the gateway process it is connected to still runs.
+const WT_QUIET: Duration = Duration::from_secs(2);
 
 /// One recorded round: its stream sequence and id.
 pub type Entry = (u64, i64);
@@ -88,6 +96,42 @@ impl LedgerClient {
         }
     }
 
+    /// A WebTransport client of `path` (e.g. `/wt/crash`) of the gateway whose HTTP side is at
+    /// `addr`, reading the session's stream (newline-delimited JSON) and resuming with
+    /// `?since=`. Before every connection it fetches `/api/wt/cert-hash`, as a page does: a
+    /// restarted gateway has a new self-signed certificate (and says which UDP port it serves).
+    ///
+    /// A gateway that was killed cannot close its sessions, and QUIC would only notice after
+    /// its idle timeout (30 s). So when the stream is quiet for a moment the client fetches the
+    /// hash again: a different certificate means the process behind the session is gone, and
+    /// the client reconnects at once.
+    pub fn webtransport(addr: SocketAddr, path: &str) -> LedgerClient {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (record, path) = (Arc::clone(&ledger), path.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(cert) = CertHash::fetch_at(addr).await {
+                    let url = match last_seq(&record) {
+                        Some(seq) => format!("{path}?since={seq}"),
+                        None => path.clone(),
+                    };
+                    if let Ok(Ok(mut session)) = WtClient::open(cert.port, &url, &cert.bytes).await
+                    {
+                        record.lock().connections += 1;
+                        read_wt(&mut session, addr, &cert, &record).await;
+                        session.close();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        LedgerClient {
+            name: format!("WebTransport client of {addr}"),
+            ledger,
+            task,
+        }
+    }
+
     /// A copy of the ledger so far.
     pub fn entries(&self) -> Vec<Entry> {
         self.ledger.lock().entries.clone()
@@ -100,6 +144,44 @@ impl LedgerClient {
     /// The last sequence recorded.
     pub fn last_seq(&self) -> Option<u64> {
         last_seq(&self.ledger)
+    }
+
+    /// Waits (up to `deadline`) until the client has recorded the last of `stored` (the whole
+    /// stream, all of the client's topic), then checks that its ledger is exactly the stream
+    /// from the client's first round on: nothing lost, nothing twice, stream order. Returns the
+    /// number of rounds recorded.
+    pub async fn check_against(
+        &self,
+        stored: &[Stored],
+        deadline: Duration,
+    ) -> anyhow::Result<usize> {
+        let last = stored.last().context("the stream is empty")?.seq;
+        wait_until(
+            deadline,
+            &format!("{} to reach seq {last}", self.name),
+            || async { (self.last_seq() == Some(last)).then_some(()) },
+        )
+        .await?;
+        let ledger = self.entries();
+        let first = ledger.first().context("nothing recorded")?.0;
+        let expected: Vec<Entry> = stored
+            .iter()
+            .filter(|s| s.seq >= first)
+            .map(|s| (s.seq, s.round.round_id))
+            .collect();
+        anyhow::ensure!(
+            ledger.len() == expected.len(),
+            "{}: {} rounds recorded, {} expected",
+            self.name,
+            ledger.len(),
+            expected.len()
+        );
+        anyhow::ensure!(
+            ledger == expected,
+            "{}: lost, duplicated or reordered rounds",
+            self.name
+        );
+        Ok(ledger.len())
     }
 }
 
@@ -130,6 +212,35 @@ async fn read_sse(response: reqwest::Response, ledger: &Mutex<Ledger>) {
                 if event == "initial" || event == "message" {
                     if let Ok(round) = serde_json::from_str::<Value>(&data) {
                         push(ledger, &round);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records the session's stream lines until it ends, fails, or turns out to belong to a
+/// gateway process that is gone.
+async fn read_wt(
+    session: &mut WtClient,
+    addr: SocketAddr,
+    cert: &CertHash,
+    ledger: &Mutex<Ledger>,
+) {
+    loop {
+        match tokio::time::timeout(WT_QUIET, session.line(Duration::from_secs(3600))).await {
+            Ok(Ok(Some(line))) => {
+                if let Ok(round) = serde_json::from_str::<Value>(&line) {
+                    push(ledger, &round);
+                }
+                // The same rounds come as datagrams too; this client keeps the stream's.
+                let _ = session.datagrams();
+            }
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_quiet) => {
+                if let Ok(now) = CertHash::fetch_at(addr).await {
+                    if now.bytes != cert.bytes {
+                        return;
                     }
                 }
             }

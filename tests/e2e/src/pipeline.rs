@@ -3,6 +3,8 @@
 //! reached the stream.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -219,12 +221,22 @@ pub async fn scrape(addr: &str, name: &str) -> anyhow::Result<Option<f64>> {
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// Resident memory of a process now, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM in /proc/<pid>/status")
+        .with_context(|| format!("{field} in /proc/{pid}/status"))
 }
 
 /// Inserts finished rounds the way a game server would: one transaction per batch, `sizes`
@@ -267,6 +279,49 @@ pub async fn write_rounds(url: String, sizes: Vec<usize>) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Commits `per_tick` finished rounds of game `game_id` in one transaction every `tick` until
+/// `stop`, as a game server at a steady rate would; survives PostgreSQL restarts (reconnects;
+/// a failed transaction is not retried, the database decides what committed). Returns the
+/// number of rounds whose commit was acknowledged.
+pub async fn write_paced(
+    url: String,
+    game_id: i64,
+    per_tick: usize,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut committed = 0;
+    let mut client = None;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let games = vec![game_id; per_tick];
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        if client.is_none() {
+            if let Ok((c, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            {
+                tokio::spawn(connection);
+                client = Some(c);
+            }
+        }
+        if let Some(c) = &client {
+            let result = c
+                .execute(
+                    "INSERT INTO rounds (game_id, finished_at, extras)
+                     SELECT g, now(), '{\"point\": \"1.50\"}'::jsonb
+                       FROM unnest($1::bigint[]) WITH ORDINALITY AS t(g, n) ORDER BY n",
+                    &[&games],
+                )
+                .await;
+            match result {
+                Ok(n) => committed += n,
+                Err(_) => client = None,
+            }
+        }
+    }
+    committed
 }
 
 /// Ids of the finished rounds, in id order: the commit order when one writer inserts them.

@@ -6,7 +6,7 @@
 //! The client is web-transport-quinn's, the crate the gateway serves with; headless Chromium
 //! checks the endpoint against an independent implementation. Every wait takes a deadline.
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -58,7 +58,26 @@ impl CertHash {
             "/api/wt/cert-hash answered {}",
             reply.status
         );
-        let json = reply.json()?;
+        CertHash::from_json(&reply.json()?)
+    }
+
+    /// The same from the gateway at `addr`, for clients that outlive a [`Gateway`] borrow.
+    pub async fn fetch_at(addr: SocketAddr) -> anyhow::Result<CertHash> {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(format!("http://{addr}/api/wt/cert-hash"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "/api/wt/cert-hash answered {}",
+            response.status()
+        );
+        CertHash::from_json(&serde_json::from_slice(&response.bytes().await?)?)
+    }
+
+    fn from_json(json: &Value) -> anyhow::Result<CertHash> {
         let bytes = json["bytes"]
             .as_array()
             .context("no bytes")?

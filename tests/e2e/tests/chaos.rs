@@ -4,53 +4,20 @@
 //! resuming by cursor. At the end the database, the stream and every client's ledger agree:
 //! nothing lost, nothing duplicated, commit order kept.
 //!
+//! The clients: WebSocket (`?since=`), SSE (`Last-Event-ID`) and WebTransport (the session's
+//! stream, `?since=`, the certificate hash fetched again after the restart) on each gateway.
+//!
 //! Quick profile by default (CI); `CHAOS_SECONDS=600 CHAOS_KILLS=200` is the soak profile
-//! (docs/fuzzing.md). `TEST_SEED` replays a run.
+//! (docs/testing.md). `TEST_SEED` replays a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::clients::Gateway;
 use e2e::ledger::LedgerClient;
-use e2e::pipeline::{assert_exactly_once_in_order, Pipeline};
-use testkit::wait_until;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Single-round transactions of game 1 (crash) until `stop`, surviving PostgreSQL restarts.
-async fn writer(url: String, stop: Arc<AtomicBool>) -> u64 {
-    let mut committed = 0;
-    let mut client = None;
-    while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            if let Ok((c, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-            {
-                tokio::spawn(connection);
-                client = Some(c);
-            }
-        }
-        if let Some(c) = &client {
-            let result = c
-                .execute(
-                    "INSERT INTO rounds (game_id, finished_at, extras) VALUES (1, now(), '{\"point\": \"1.50\"}')",
-                    &[],
-                )
-                .await;
-            match result {
-                Ok(_) => committed += 1,
-                Err(_) => client = None,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    committed
-}
+use e2e::pipeline::{assert_exactly_once_in_order, write_paced, Pipeline};
+use e2e::setting;
+use e2e::wt::{self, CertHash};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_lost_nothing_duplicated_under_chaos() {
@@ -74,19 +41,29 @@ async fn nothing_lost_nothing_duplicated_under_chaos() {
 
     let mut p = Pipeline::start().await.unwrap();
     let mut consumer = p.start_streaming_consumer(&[]).await.unwrap();
-    let mut gateways = [
-        Gateway::start(&p.nats.url(), &[]).await.unwrap(),
-        Gateway::start(&p.nats.url(), &[]).await.unwrap(),
-    ];
+    let (gw0, wt_port0) = wt::start_gateway(&p.nats.url(), &[]).await.unwrap();
+    let (gw1, wt_port1) = wt::start_gateway(&p.nats.url(), &[]).await.unwrap();
+    let mut gateways = [gw0, gw1];
+    let cert_before = CertHash::fetch(&gateways[1]).await.unwrap();
+    assert_eq!(cert_before.port, wt_port1);
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = tokio::spawn(writer(p.pg.url(), Arc::clone(&stop)));
+    // Single-round transactions of game 1 (crash), about 100 a second.
+    let writing = tokio::spawn(write_paced(
+        p.pg.url(),
+        1,
+        1,
+        Duration::from_millis(10),
+        Arc::clone(&stop),
+    ));
     p.wait_for_rounds(1, Duration::from_secs(30)).await.unwrap();
+    // Every protocol on both gateways; gateway 1 (the one restarted) has the last three.
     let clients: Vec<LedgerClient> = gateways
         .iter()
         .flat_map(|gw| {
             [
                 LedgerClient::websocket(gw.addr, "/ws/crash"),
                 LedgerClient::sse(gw.addr, "/sse/crash"),
+                LedgerClient::webtransport(gw.addr, "/wt/crash"),
             ]
         })
         .collect();
@@ -133,6 +110,18 @@ async fn nothing_lost_nothing_duplicated_under_chaos() {
     }
     stop.store(true, Ordering::Relaxed);
     let committed = writing.await.unwrap();
+    // The restarted gateway kept its WebTransport port and made a new certificate, which the
+    // WebTransport clients had to fetch again.
+    let cert_after = CertHash::fetch(&gateways[1]).await.unwrap();
+    assert_eq!(
+        cert_after.port, wt_port1,
+        "the WebTransport port after the restart"
+    );
+    assert_ne!(
+        cert_after.value, cert_before.value,
+        "a new self-signed certificate"
+    );
+    assert_eq!(CertHash::fetch(&gateways[0]).await.unwrap().port, wt_port0);
 
     let stored = assert_exactly_once_in_order(&p).await;
     println!(
@@ -143,44 +132,22 @@ async fn nothing_lost_nothing_duplicated_under_chaos() {
         stored.len() as u64 >= committed,
         "a committed round is missing"
     );
-    let last = stored.last().unwrap().seq;
     for client in &clients {
-        wait_until(
-            Duration::from_secs(60),
-            &format!("{} to reach seq {last}", client.name),
-            || async { (client.last_seq() == Some(last)).then_some(()) },
-        )
-        .await
-        .unwrap();
-        let ledger = client.entries();
-        let first = ledger[0].0;
-        let expected: Vec<(u64, i64)> = stored
-            .iter()
-            .filter(|s| s.seq >= first)
-            .map(|s| (s.seq, s.round.round_id))
-            .collect();
-        assert_eq!(
-            ledger.len(),
-            expected.len(),
-            "{}: {} rounds recorded, {} expected",
-            client.name,
-            ledger.len(),
-            expected.len()
-        );
-        assert_eq!(
-            ledger, expected,
-            "{}: lost, duplicated or reordered rounds",
-            client.name
-        );
+        let recorded = client
+            .check_against(&stored, Duration::from_secs(60))
+            .await
+            .unwrap();
         println!(
-            "{}: {} rounds over {} connections",
+            "{}: {recorded} rounds over {} connections",
             client.name,
-            ledger.len(),
             client.connections()
         );
     }
-    assert!(
-        clients[2].connections() > 1,
-        "the restarted gateway's clients reconnected"
-    );
+    for client in &clients[3..] {
+        assert!(
+            client.connections() > 1,
+            "{}: the restarted gateway's clients reconnected",
+            client.name
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! edge-gateway against a real nats-server, with real WebSocket and SSE clients: format,
-//! filtering, latest-first, order, resume, refusals, REST, limits and hostile input.
+//! filtering, latest-first, order, resume, refusals, REST and limits (hostile input is in
+//! `hostile.rs`).
 //!
 //! Each test starts its own nats-server and gateway process; rounds are published exactly as
 //! cdc-consumer publishes them (`e2e::feed`). Every wait has a deadline.
@@ -8,10 +9,9 @@ use std::time::Duration;
 
 use e2e::clients::{seq_of, Gateway, SseClient, SseItem, WsClient, WsEvent, WsOptions};
 use e2e::feed::{nats_and_feed, Feed};
+use e2e::raw::{self, FrameReader};
 use serde_json::{json, Value};
 use shared::{Game, Round};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -532,8 +532,11 @@ async fn ws_ping_drops_peers_that_do_not_answer() {
     let mut alive = WsClient::connect(gw.addr, "/ws/crash").await.unwrap();
     // A real client reads all the time (tungstenite answers pings while reading).
     let alive = tokio::spawn(async move { alive.round(T).await.map(|r| seq_of(&r)) });
-    let mut mute = raw_ws(gw.addr, "/ws/crash").await;
-    let frames = read_frames_until_eof(&mut mute, Duration::from_secs(5)).await;
+    let mute = raw::ws_handshake(gw.addr, "/ws/crash").await.unwrap();
+    let frames = FrameReader::new(mute)
+        .until_eof(Duration::from_secs(5))
+        .await
+        .unwrap();
     let pings = frames.iter().filter(|(op, _)| *op == 0x9).count();
     assert_eq!(pings, 1, "one unanswered ping, then dropped: {frames:?}");
     // The answering client is still served after several more intervals (three pings).
@@ -550,6 +553,42 @@ async fn ws_ping_drops_peers_that_do_not_answer() {
         .unwrap(),
         1.0
     );
+}
+
+/// `METRICS_ADDR`: `/metrics` (and `/health`) on a listener of their own, and no longer on the
+/// public one; nothing else is served there.
+#[tokio::test]
+async fn metrics_addr_moves_metrics_off_the_public_listener() {
+    let (nats, feed) = nats_and_feed().await.unwrap();
+    let games = feed.put_seeded_games().await.unwrap();
+    let seq = feed
+        .publish(&feed.round(game(&games, "crash"), "{}"))
+        .await
+        .unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", testkit::free_port().unwrap());
+    let gw = Gateway::start(&nats.url(), &[("METRICS_ADDR", metrics_addr.clone())])
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        let url = format!("http://{metrics_addr}{path}");
+        async move {
+            let reply = reqwest::get(url).await.unwrap();
+            (reply.status().as_u16(), reply.text().await.unwrap())
+        }
+    };
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&format!("datastream_gateway_hub_sequence {seq}")),
+        "{text}"
+    );
+    assert_eq!(get("/health").await.0, 200);
+    for path in ["/ws/crash", "/api/games", "/ready", "/"] {
+        assert_eq!(get(path).await.0, 404, "{path} on METRICS_ADDR");
+    }
+    assert_eq!(gw.get("/metrics").await.unwrap().status, 404);
+    assert_eq!(gw.get("/health").await.unwrap().status, 200);
+    assert_eq!(gw.get("/api/games").await.unwrap().status, 200);
 }
 
 /// REST and probes: games from the KV bucket, latest rounds, health, readiness, metrics, CORS,
@@ -709,163 +748,6 @@ async fn games_added_and_removed_without_restart() {
     })
     .await
     .unwrap();
-}
-
-/// Test 7: hostile input (garbage after the upgrade, non-HTTP bytes, a 64 KiB header, 500
-/// half-open sockets) does not stop the gateway from serving a normal client.
-#[tokio::test]
-async fn hostile_input_leaves_a_normal_client_served() {
-    let (nats, feed) = nats_and_feed().await.unwrap();
-    let games = feed.put_seeded_games().await.unwrap();
-    let crash = game(&games, "crash");
-    let gw = Gateway::start(&nats.url(), &[]).await.unwrap();
-    let mut normal = WsClient::connect(gw.addr, "/ws/crash").await.unwrap();
-    let mut seqs = Vec::new();
-    let mut publish_one = async || {
-        let round = feed.round(crash, "{}");
-        let seq = feed.publish(&round).await.unwrap();
-        seqs.push(seq);
-        seq
-    };
-
-    // 500 half-open sockets: a request head started and never finished.
-    let mut half_open = Vec::new();
-    for _ in 0..500 {
-        let mut socket = TcpStream::connect(gw.addr).await.unwrap();
-        socket
-            .write_all(b"GET /ws/crash HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
-            .await
-            .unwrap();
-        half_open.push(socket);
-    }
-
-    // Garbage after a valid upgrade: the server closes with 1002.
-    let mut garbage = raw_ws(gw.addr, "/ws/crash").await;
-    garbage.write_all(&[0xFF; 4096]).await.unwrap();
-    let frames = read_frames_until_eof(&mut garbage, T).await;
-    let close = frames
-        .iter()
-        .find(|(op, _)| *op == 0x8)
-        .expect("a close frame");
-    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1002);
-
-    // Non-HTTP bytes: refused, connection closed.
-    let mut tls = TcpStream::connect(gw.addr).await.unwrap();
-    tls.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00\xff\xfe\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_to_eof(&mut tls, T, "non-HTTP bytes").await;
-    assert!(
-        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-
-    // A 64 KiB header: 431.
-    let mut big = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
-        "a".repeat(64 * 1024)
-    );
-    big.write_all(request.as_bytes()).await.unwrap();
-    let answer = read_to_eof(&mut big, T, "64 KiB header").await;
-    assert!(
-        answer.starts_with(b"HTTP/1.1 431"),
-        "{:?}",
-        String::from_utf8_lossy(&answer[..answer.len().min(200)])
-    );
-
-    // Meanwhile, the normal client gets every round, in order; a new one connects; /health.
-    let mut want = Vec::new();
-    for _ in 0..5 {
-        want.push(publish_one().await);
-    }
-    let got: Vec<u64> = normal
-        .rounds(5, T)
-        .await
-        .unwrap()
-        .iter()
-        .map(seq_of)
-        .collect();
-    assert_eq!(got, want);
-    let mut fresh = WsClient::connect(gw.addr, "/ws/crash").await.unwrap();
-    assert_eq!(
-        seq_of(&fresh.round(T).await.unwrap()),
-        *want.last().unwrap()
-    );
-    assert_eq!(gw.get("/health").await.unwrap().status, 200);
-    drop(half_open);
-}
-
-/// A WebSocket handshake over a raw socket; returns the socket after the 101's head.
-async fn raw_ws(addr: std::net::SocketAddr, path: &str) -> TcpStream {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(T, socket.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "connection closed during the handshake");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    socket
-}
-
-async fn read_to_eof(socket: &mut TcpStream, within: Duration, what: &str) -> Vec<u8> {
-    let mut all = Vec::new();
-    tokio::time::timeout(within, async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => all.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "{what}: the server did not close the connection; got {:?}",
-            String::from_utf8_lossy(&all[..all.len().min(300)])
-        )
-    });
-    all
-}
-
-/// Server frames (unmasked) read until the server closes: (opcode, payload).
-async fn read_frames_until_eof(socket: &mut TcpStream, within: Duration) -> Vec<(u8, Vec<u8>)> {
-    let bytes = read_to_eof(socket, within, "WebSocket").await;
-    let mut frames = Vec::new();
-    let mut rest = &bytes[..];
-    while rest.len() >= 2 {
-        let opcode = rest[0] & 0x0F;
-        let (len, header) = match rest[1] & 0x7F {
-            126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-            127 => (
-                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (usize::from(n), 2),
-        };
-        if rest.len() < header + len {
-            break;
-        }
-        frames.push((opcode, rest[header..header + len].to_vec()));
-        rest = &rest[header + len..];
-    }
-    frames
 }
 
 /// A setting that does not parse stops start-up with one line naming it, and status 2.
