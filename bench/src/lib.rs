@@ -37,6 +37,13 @@ pub fn consumer_env(pg: &Postgres, nats: &Nats) -> Vec<(&'static str, String)> {
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let (user, system) = cpu_user_system(pid)?;
+    Ok(user + system)
+}
+
+/// CPU seconds a process has used so far in user mode and in the kernel (`utime`, `stime` of
+/// `/proc/<pid>/stat`).
+pub fn cpu_user_system(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let after = stat
@@ -44,8 +51,14 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .context("malformed /proc/<pid>/stat")?
         .1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / clock_ticks_per_second())
+    let field = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    let ticks = clock_ticks_per_second();
+    Ok((field(11)? / ticks, field(12)? / ticks))
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bench::cpu_seconds;
 use bench::gateway::{feed_nats, machine_load, publish, round, seeded_games, Gateway};
 use bench::loadgen::{Clients, Histogram, Protocol, Sink, Spec};
+use bench::{cpu_seconds, cpu_user_system};
 use clap::{Parser, ValueEnum};
 use shared::Game;
 use testkit::Nats;
@@ -175,6 +175,8 @@ struct Step {
     p99: f64,
     max: f64,
     cpu_us: f64,
+    /// The kernel's part of `cpu_us` (system time: socket writes, loopback delivery).
+    sys_us: f64,
     server_cpu: f64,
     loadgen_cpu: f64,
     closed: usize,
@@ -307,7 +309,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     println!(
-        "\n| events/s | offered deliveries/s | delivered/s | complete | p50 ms | p99 ms | max ms | server CPU µs/delivery | server CPU | load generator CPU | closed |"
+        "\n| events/s | offered deliveries/s | delivered/s | complete | p50 ms | p99 ms | max ms | server CPU µs/delivery (kernel) | server CPU | load generator CPU | closed |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let received = |clients: &Clients<Recorder>| -> u64 {
@@ -330,7 +332,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
         let n = (rate * args.step_secs as f64).round() as usize;
         let expected: u64 = (index..index + n).map(|i| per_game[i % games.len()]).sum();
         let (cpu0, gen0, recv0, closed0) = (
-            cpu_seconds(server_pid)?,
+            cpu_user_system(server_pid)?,
             cpu_seconds(me)?,
             received(&clients),
             clients.closed(),
@@ -346,7 +348,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
         tokio::time::sleep_until(t0 + Duration::from_secs(args.step_secs)).await;
         let window = t0.elapsed().as_secs_f64();
         let (cpu1, gen1, recv1) = (
-            cpu_seconds(server_pid)?,
+            cpu_user_system(server_pid)?,
             cpu_seconds(me)?,
             received(&clients),
         );
@@ -356,6 +358,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
         }
         let (histogram, count) = step_tally(&clients, step);
         let deliveries = (recv1 - recv0).max(1) as f64;
+        let server_cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
         let closed = clients.closed() - closed0;
         let complete = count as f64 / expected.max(1) as f64;
         let p99 = histogram.quantile_ms(0.99);
@@ -367,14 +370,15 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
             p50: histogram.quantile_ms(0.50),
             p99,
             max: histogram.max_ms(),
-            cpu_us: (cpu1 - cpu0) * 1e6 / deliveries,
-            server_cpu: (cpu1 - cpu0) / window,
+            cpu_us: server_cpu * 1e6 / deliveries,
+            sys_us: (cpu1.1 - cpu0.1) * 1e6 / deliveries,
+            server_cpu: server_cpu / window,
             loadgen_cpu: (gen1 - gen0) / window,
             closed,
             pass: p99 <= args.p99_ms && complete >= 0.99 && closed == 0,
         };
         println!(
-            "| {:.0} | {:.0} | {:.0} | {:.1} % | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} % | {:.0} % | {}{} |",
+            "| {:.0} | {:.0} | {:.0} | {:.1} % | {:.2} | {:.2} | {:.1} | {:.2} ({:.2}) | {:.0} % | {:.0} % | {}{} |",
             result.rate,
             result.offered,
             result.delivered,
@@ -383,6 +387,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
             result.p99,
             result.max,
             result.cpu_us,
+            result.sys_us,
             100.0 * result.server_cpu,
             100.0 * result.loadgen_cpu,
             result.closed,
