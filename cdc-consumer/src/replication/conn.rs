@@ -632,40 +632,31 @@ async fn scram_sha_256(wire: &mut Wire, password: &[u8]) -> Result<(), Replicati
         .map_err(scram_failed)?;
     wire.flush().await?;
 
-    let (tag, body) = wire.read_frame().await?;
-    match parse_backend(tag, body)? {
-        Message::AuthenticationSaslContinue(body) => {
-            scram.update(body.data()).map_err(scram_failed)?
-        }
-        Message::ErrorResponse(body) => {
-            return Err(ServerMessage::parse(body.fields())?.into_startup_error())
-        }
-        _ => {
-            return Err(ReplicationError::Unexpected {
-                tag: tag.into(),
-                during: "SCRAM authentication",
-            })
-        }
-    }
+    let server_first = scram_server_message(wire, false).await?;
+    scram.update(&server_first).map_err(scram_failed)?;
     frontend::sasl_response(scram.message(), &mut wire.write_buf).map_err(scram_failed)?;
     wire.flush().await?;
 
-    let (tag, body) = wire.read_frame().await?;
-    match parse_backend(tag, body)? {
-        Message::AuthenticationSaslFinal(body) => {
-            scram.finish(body.data()).map_err(scram_failed)?
-        }
-        Message::ErrorResponse(body) => {
-            return Err(ServerMessage::parse(body.fields())?.into_startup_error())
-        }
-        _ => {
-            return Err(ReplicationError::Unexpected {
-                tag: tag.into(),
-                during: "SCRAM authentication",
-            })
-        }
-    }
+    let server_final = scram_server_message(wire, true).await?;
+    scram.finish(&server_final).map_err(scram_failed)?;
     expect_auth_ok(wire).await
+}
+
+/// The data of the server's next SCRAM message: `AuthenticationSaslContinue`, or
+/// `AuthenticationSaslFinal` when `last` is set.
+async fn scram_server_message(wire: &mut Wire, last: bool) -> Result<Vec<u8>, ReplicationError> {
+    let (tag, body) = wire.read_frame().await?;
+    match (parse_backend(tag, body)?, last) {
+        (Message::AuthenticationSaslContinue(body), false) => Ok(body.data().to_vec()),
+        (Message::AuthenticationSaslFinal(body), true) => Ok(body.data().to_vec()),
+        (Message::ErrorResponse(body), _) => {
+            Err(ServerMessage::parse(body.fields())?.into_startup_error())
+        }
+        _ => Err(ReplicationError::Unexpected {
+            tag: tag.into(),
+            during: "SCRAM authentication",
+        }),
+    }
 }
 
 async fn expect_auth_ok(wire: &mut Wire) -> Result<(), ReplicationError> {

@@ -382,17 +382,7 @@ impl WsClient {
 
     /// The next `n` frames, which must all be rounds.
     pub async fn rounds(&mut self, n: usize, within: Duration) -> anyhow::Result<Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut rounds = Vec::with_capacity(n);
-        while rounds.len() < n {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let round = self
-                .round(left)
-                .await
-                .with_context(|| format!("after {} of {n} rounds", rounds.len()))?;
-            rounds.push(round);
-        }
-        Ok(rounds)
+        crate::collect_rounds(self, n, within).await
     }
 
     /// The next frame, which must be a close frame: its code and reason.
@@ -646,6 +636,12 @@ pub fn parse_sse_block(text: &str) -> Option<SseItem> {
 /// The `seq` of a round as delivered (JSON).
 pub fn seq_of(round: &Value) -> u64 {
     round["seq"].as_u64().unwrap_or_default()
+}
+
+impl crate::RoundSource for WsClient {
+    async fn next_round(&mut self, within: Duration) -> anyhow::Result<Value> {
+        self.round(within).await
+    }
 }
 
 #[cfg(test)]

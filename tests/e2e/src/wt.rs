@@ -245,17 +245,7 @@ impl WtClient {
 
     /// The next `n` stream lines, which must all be rounds.
     pub async fn rounds(&mut self, n: usize, within: Duration) -> anyhow::Result<Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut rounds = Vec::with_capacity(n);
-        while rounds.len() < n {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let round = self
-                .round(left)
-                .await
-                .with_context(|| format!("after {} of {n} rounds", rounds.len()))?;
-            rounds.push(round);
-        }
-        Ok(rounds)
+        crate::collect_rounds(self, n, within).await
     }
 
     /// Every datagram received so far, as text, in arrival order.
@@ -292,5 +282,11 @@ impl WtClient {
     /// Closes the session from the client's side.
     pub fn close(&self) {
         self.session.close(0, b"bye");
+    }
+}
+
+impl crate::RoundSource for WtClient {
+    async fn next_round(&mut self, within: Duration) -> anyhow::Result<Value> {
+        self.round(within).await
     }
 }
