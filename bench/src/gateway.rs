@@ -1,9 +1,10 @@
 //! The gateway harnesses' set-up: NATS fed the way cdc-consumer feeds it (the ROUNDS stream,
 //! the `games` bucket with the seeded games, MessagePack rounds on `rounds.<type>.<slug>` with
-//! `Nats-Msg-Id`), a release `edge-gateway` process, and the machine's state to report next to
-//! the figures.
+//! `Nats-Msg-Id`), a release `edge-gateway` process or nats-server's WebSocket listener as the
+//! peer, the options the load harnesses share, and the machine's state to report next to the
+//! figures.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -11,39 +12,8 @@ use async_nats::jetstream;
 use shared::nats::RoundsStream;
 use shared::subject::{DEFAULT_STREAM, GAMES_BUCKET};
 use shared::{Game, Round};
-use testkit::Service;
+use testkit::{seeded_games, Nats, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The games migrations/002_seed_games.sql seeds, in id order.
-pub fn seeded_games() -> Vec<Game> {
-    let games = [
-        ("crash", "multiplier"),
-        ("aviador", "multiplier"),
-        ("aviator-wars", "multiplier"),
-        ("foguetinho", "multiplier"),
-        ("motograu", "multiplier"),
-        ("motograu-v2", "multiplier"),
-        ("free-style", "multiplier"),
-        ("freestyle-v2", "multiplier"),
-        ("pipa-brazil", "multiplier"),
-        ("slot", "multiplier"),
-        ("fortune-dragon", "multiplier"),
-        ("double", "color"),
-        ("dice", "dice"),
-        ("plinko", "plinko"),
-        ("wall-street", "trend"),
-    ];
-    games
-        .iter()
-        .zip(1..)
-        .map(|(&(slug, game_type), id)| Game {
-            id,
-            slug: slug.to_owned(),
-            name: slug.to_owned(),
-            game_type: game_type.to_owned(),
-        })
-        .collect()
-}
 
 /// Creates the ROUNDS stream and the `games` bucket as cdc-consumer does, puts the seeded games
 /// and one round of each (so every topic has a latest), and returns a JetStream context.
@@ -135,6 +105,65 @@ impl Gateway {
     pub fn pid(&self) -> u32 {
         self.service.pid().unwrap_or_default()
     }
+}
+
+/// The options of the harnesses that load one server with idle or fanned-out clients
+/// (`gateway-fanout`, `gateway-memory`): the load generator's and the gateway's.
+#[derive(Debug, clap::Args)]
+#[command(about = None, long_about = None)]
+pub struct LoadOptions {
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// The gateway's HTTP_WORKERS.
+    #[arg(long, default_value_t = 2)]
+    pub http_workers: usize,
+    /// Local addresses 127.0.0.1..=127.0.0.N to spread the clients over (for more connections
+    /// than one address has ephemeral ports).
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u8,
+    /// Extra environment for the gateway, `KEY=VALUE` (repeatable), e.g. `MALLOC_ARENA_MAX=2`.
+    #[arg(long = "gateway-env", value_parser = key_value)]
+    pub gateway_env: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl LoadOptions {
+    /// The local address client `i` connects from: the default with one source address, else
+    /// 127.0.0.1..=127.0.0.N in turn.
+    pub fn source(&self, i: usize) -> Option<IpAddr> {
+        (self.source_ips > 1).then(|| {
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i % self.source_ips as usize) as u8,
+            ))
+        })
+    }
+
+    /// A fresh nats-server fed by [`feed_nats`], and a gateway on it with these options.
+    pub async fn fed_gateway(&self) -> anyhow::Result<(Nats, jetstream::Context, Gateway)> {
+        let nats = Nats::start().await?;
+        let js = feed_nats(&nats.url()).await?;
+        let gateway = Gateway::start(&nats.url(), self.http_workers, &self.gateway_env).await?;
+        Ok((nats, js, gateway))
+    }
+}
+
+/// The peer: a fresh nats-server with its WebSocket listener; also the listener's address and
+/// the server's pid.
+pub async fn nats_websocket() -> anyhow::Result<(Nats, SocketAddr, u32)> {
+    let nats = Nats::start_with_websocket().await?;
+    let url = nats.websocket_url().context("no WebSocket listener")?;
+    let addr: SocketAddr = url.trim_start_matches("ws://").parse()?;
+    let pid = nats.pid().context("nats-server pid")?;
+    Ok((nats, addr, pid))
 }
 
 /// `Some(())` when `GET path` answers 200.

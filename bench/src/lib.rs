@@ -1,11 +1,12 @@
-//! Shared pieces of the benchmark harnesses: a migrated PostgreSQL + NATS pair, process CPU and
-//! memory readings from `/proc`, and percentile summaries.
+//! Shared pieces of the benchmark harnesses: a migrated PostgreSQL + NATS pair and a consumer on
+//! it, process CPU and memory readings from `/proc`, and percentile summaries.
 //!
 //! Run the harnesses with `--release`: they start the release builds of the services that sit
 //! next to them in `target/release/`.
 
 use std::time::Duration;
 
+pub mod commit_latency;
 pub mod gateway;
 pub mod loadgen;
 
@@ -33,6 +34,22 @@ pub fn consumer_env(pg: &Postgres, nats: &Nats) -> Vec<(&'static str, String)> {
         ),
         ("RUST_LOG", "warn".into()),
     ]
+}
+
+/// A release `cdc-consumer run` on this infrastructure, logging at `rust_log` (it must let the
+/// pipeline's `"streaming"` line through), once it is streaming.
+pub async fn streaming_consumer(
+    pg: &Postgres,
+    nats: &Nats,
+    rust_log: &str,
+) -> anyhow::Result<Service> {
+    let mut env = consumer_env(pg, nats);
+    env.push(("RUST_LOG", rust_log.to_owned()));
+    let consumer = Service::start("cdc-consumer", &["run"], &env)?;
+    consumer
+        .wait_for_log("\"streaming\"", Duration::from_secs(30))
+        .await?;
+    Ok(consumer)
 }
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.

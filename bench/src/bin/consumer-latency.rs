@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bench::{consumer_env, cpu_seconds, infrastructure, percentiles, rss_kib};
+use bench::{cpu_seconds, infrastructure, percentiles, rss_kib, streaming_consumer};
 use clap::Parser;
 use futures_util::StreamExt;
-use testkit::Service;
 
 #[derive(Parser)]
 struct Args {
@@ -24,16 +23,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let Args { rate, seconds } = Args::parse();
     let (pg, nats) = infrastructure().await?;
-    let env = [consumer_env(&pg, &nats), vec![("RUST_LOG", "info".into())]].concat();
-    let consumer = Service::start("cdc-consumer", &["run"], &env)?;
-    consumer
-        .wait_for_log("\"streaming\"", Duration::from_secs(30))
-        .await?;
+    let consumer = streaming_consumer(&pg, &nats, "info").await?;
     let pid = consumer.pid().unwrap_or_default();
 
-    let total = args.rate * args.seconds;
+    let total = rate * seconds;
     let nats_client = async_nats::connect(nats.url()).await?;
     let mut subscription = nats_client.subscribe("rounds.>").await?;
     let receiver = tokio::spawn(async move {
@@ -56,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let cpu_before = cpu_seconds(pid)?;
     let mut sent = HashMap::with_capacity(total as usize);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     let started = Instant::now();
     for _ in 0..total {
         tick.tick().await;
@@ -86,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     println!("INSERT sent → delivered     p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
     println!(
         "cdc-consumer CPU            {:.1}% of a core",
-        100.0 * cpu / args.seconds as f64
+        100.0 * cpu / seconds as f64
     );
     println!("cdc-consumer RSS            {} MiB", rss / 1024);
     Ok(())

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bench::{consumer_env, cpu_seconds, infrastructure, rss_kib};
+use bench::{consumer_env, cpu_seconds, infrastructure, rss_kib, streaming_consumer};
 use clap::Parser;
 use testkit::Service;
 
@@ -24,18 +24,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (pg, nats) = infrastructure().await?;
-    let env = consumer_env(&pg, &nats);
 
     // Create the consumer's slot (and the stream), then stop it.
-    let consumer = Service::start(
-        "cdc-consumer",
-        &["run"],
-        &[env.clone(), vec![("RUST_LOG", "info".into())]].concat(),
-    )?;
-    consumer
-        .wait_for_log("\"streaming\"", Duration::from_secs(30))
-        .await?;
-    drop(consumer);
+    drop(streaming_consumer(&pg, &nats, "info").await?);
     let client = pg.client().await?;
     client
         .execute(
@@ -87,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let ceiling = rounds as f64 / started.elapsed().as_secs_f64();
 
     // The consumer, from its slot to acknowledged messages.
-    let consumer = Service::start("cdc-consumer", &["run"], &env)?;
+    let consumer = Service::start("cdc-consumer", &["run"], &consumer_env(&pg, &nats))?;
     let pid = consumer.pid().unwrap_or_default();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     let cpu_before = cpu_seconds(pid)?;

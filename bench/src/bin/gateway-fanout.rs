@@ -22,18 +22,16 @@
 //! p50/p99/max, and the server's CPU seconds (user + system, `/proc/PID/stat`) per delivery
 //! over the step, next to the server's and the load generator's share of the 2 cores.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use bench::gateway::{feed_nats, machine_load, publish, round, seeded_games, Gateway};
+use bench::gateway::{machine_load, nats_websocket, publish, round, LoadOptions};
 use bench::loadgen::{Clients, Histogram, Protocol, Sink, Spec};
 use bench::{cpu_seconds, cpu_user_system};
 use clap::{Parser, ValueEnum};
 use shared::Game;
-use testkit::Nats;
+use testkit::seeded_games;
 
 #[derive(Parser)]
 struct Args {
@@ -57,22 +55,11 @@ struct Args {
     /// Latency bound a step must meet, p99 in milliseconds.
     #[arg(long, default_value_t = 50.0)]
     p99_ms: f64,
-    /// Load generator threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// The gateway's HTTP_WORKERS.
-    #[arg(long, default_value_t = 2)]
-    http_workers: usize,
-    /// Local addresses 127.0.0.1..=127.0.0.N to spread the clients over (for more connections
-    /// than one address has ephemeral ports).
-    #[arg(long, default_value_t = 1)]
-    source_ips: u8,
     /// Which side(s) to run.
     #[arg(long, value_enum, default_value = "both")]
     side: Which,
-    /// Extra environment for the gateway, `KEY=VALUE` (repeatable).
-    #[arg(long = "gateway-env", value_parser = key_value)]
-    gateway_env: Vec<(String, String)>,
+    #[command(flatten)]
+    load: LoadOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,12 +67,6 @@ enum Which {
     Gateway,
     Nats,
     Both,
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// When each event was published, and in which step: `(step + 1) << 48 | ns since origin`,
@@ -241,22 +222,15 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
     let published = Arc::new(Published::new(events));
 
     // The servers live until the end of this function; the clients are dropped first.
-    let mut gateway = None;
-    let nats;
-    let (publisher, addr, server_pid) = if nats_side {
-        nats = Nats::start_with_websocket().await?;
-        let url = nats.websocket_url().context("no WebSocket listener")?;
-        let addr: SocketAddr = url.trim_start_matches("ws://").parse()?;
+    let (_nats, gateway, publisher, addr, server_pid) = if nats_side {
+        let (nats, addr, pid) = nats_websocket().await?;
         let client = async_nats::connect(nats.url()).await?;
-        let pid = nats.pid().context("nats-server pid")?;
-        (Publisher::Core(client), addr, pid)
+        (nats, None, Publisher::Core(client), addr, pid)
     } else {
-        nats = Nats::start().await?;
-        let js = feed_nats(&nats.url()).await?;
-        let gw = Gateway::start(&nats.url(), args.http_workers, &args.gateway_env).await?;
-        let (addr, pid) = (gw.addr, gw.pid());
-        gateway = Some(gw);
-        (Publisher::Stream(js, Arc::default()), addr, pid)
+        let (nats, js, gateway) = args.load.fed_gateway().await?;
+        let (addr, pid) = (gateway.addr, gateway.pid());
+        let publisher = Publisher::Stream(js, Arc::default());
+        (nats, Some(gateway), publisher, addr, pid)
     };
     let specs: Vec<Spec> = (0..args.clients)
         .map(|i| {
@@ -273,14 +247,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
                 protocol,
                 addr,
                 target,
-                source: (args.source_ips > 1).then(|| {
-                    IpAddr::V4(Ipv4Addr::new(
-                        127,
-                        0,
-                        0,
-                        1 + (i % args.source_ips as usize) as u8,
-                    ))
-                }),
+                source: args.load.source(i),
             }
         })
         .collect();
@@ -295,7 +262,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
     );
     let connecting = Instant::now();
     let rates = args.rates.len();
-    let mut clients = Clients::start(specs, args.threads, || Recorder {
+    let mut clients = Clients::start(specs, args.load.threads, || Recorder {
         published: Arc::clone(&published),
         steps: vec![(Histogram::default(), 0); rates],
         total: 0,

@@ -14,15 +14,13 @@
 //! gateway and the consumer used, and whether every client got every round of its game.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::gateway::{machine_load, seeded_games, Gateway};
-use bench::loadgen::{msgpack_round_id, Clients, Protocol, Sink, Spec};
-use bench::{consumer_env, cpu_seconds, infrastructure, percentiles};
+use bench::commit_latency::{print_header, NatsArrivals, Pace, Pipeline};
+use bench::gateway::machine_load;
+use bench::loadgen::{Clients, Protocol, Sink, Spec};
 use clap::Parser;
-use futures_util::StreamExt;
-use testkit::Service;
+use testkit::seeded_games;
 
 #[derive(Parser)]
 struct Args {
@@ -32,15 +30,8 @@ struct Args {
     /// SSE clients.
     #[arg(long, default_value_t = 1000)]
     sse: usize,
-    /// Rounds inserted per second.
-    #[arg(long, default_value_t = 200)]
-    rate: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 30)]
-    seconds: u64,
-    /// Seconds written before measuring.
-    #[arg(long, default_value_t = 3)]
-    warmup_secs: u64,
+    #[command(flatten)]
+    pace: Pace,
     /// Load generator threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -63,16 +54,7 @@ impl Sink for Arrivals {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let games = seeded_games();
-    let (pg, nats) = infrastructure().await?;
-    let consumer = Service::start("cdc-consumer", &["run"], &{
-        let mut env = consumer_env(&pg, &nats);
-        env.push(("RUST_LOG", "warn,cdc_consumer::pipeline=info".into()));
-        env
-    })?;
-    consumer
-        .wait_for_log("\"streaming\"", Duration::from_secs(30))
-        .await?;
-    let gateway = Gateway::start(&nats.url(), args.http_workers, &[]).await?;
+    let pipeline = Pipeline::start(args.http_workers, &[]).await?;
 
     let specs: Vec<Spec> = (0..args.ws + args.sse)
         .map(|i| {
@@ -84,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
             };
             Spec {
                 protocol,
-                addr: gateway.addr,
+                addr: pipeline.gateway.addr,
                 target: format!("/{kind}/{}", game.slug),
                 source: None,
             }
@@ -96,71 +78,22 @@ async fn main() -> anyhow::Result<()> {
             .entry((spec.protocol, games[i % games.len()].id))
             .or_default() += 1;
     }
+    let who = format!(
+        "{} WebSocket + {} SSE clients on {} games",
+        args.ws,
+        args.sse,
+        games.len()
+    );
     let mut clients = Clients::start(specs, args.threads, Arrivals::default);
     clients.wait_connected(Duration::from_secs(120)).await?;
 
-    // The consumer's half: a core subscriber on every round subject.
-    let nats_client = async_nats::connect(nats.url()).await?;
-    let mut subscription = nats_client.subscribe("rounds.>").await?;
-    let at_nats: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let recorder = {
-        let at_nats = Arc::clone(&at_nats);
-        tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                let at = Instant::now();
-                if let Some(id) = msgpack_round_id(&message.payload) {
-                    at_nats.lock().unwrap().insert(id, at);
-                }
-            }
-        })
-    };
+    let at_nats = NatsArrivals::start(&pipeline.nats.url()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!(
-        "{} WebSocket + {} SSE clients on {} games, {} rounds/s for {} s (+{} s warm-up); {}",
-        args.ws,
-        args.sse,
-        games.len(),
-        args.rate,
-        args.seconds,
-        args.warmup_secs,
-        machine_load()
-    );
-
-    let client = pg.client().await?;
-    let insert = client
-        .prepare("INSERT INTO rounds (game_id, finished_at, extras) VALUES ($1, now(), '{\"point\": \"2.00\"}') RETURNING id")
-        .await?;
-    let warmup = args.rate * args.warmup_secs;
-    let total = warmup + args.rate * args.seconds;
-    let (gateway_pid, consumer_pid) = (gateway.pid(), consumer.pid().unwrap_or_default());
-    let mut cpu0 = (0.0, 0.0);
-    let mut measured_from = Instant::now();
-    // round id → (INSERT sent, game id, measured)
-    let mut sent: HashMap<i64, (Instant, i64, bool)> = HashMap::with_capacity(total as usize);
-    let t0 = tokio::time::Instant::now();
-    for k in 0..total {
-        tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / args.rate as f64)).await;
-        if k == warmup {
-            cpu0 = (cpu_seconds(gateway_pid)?, cpu_seconds(consumer_pid)?);
-            measured_from = Instant::now();
-        }
-        let game = games[k as usize % games.len()].id;
-        let at = Instant::now();
-        let id: i64 = client.query_one(&insert, &[&game]).await?.get(0);
-        sent.insert(id, (at, game, k >= warmup));
-    }
-    let window = measured_from.elapsed().as_secs_f64();
-    let cpu = (
-        cpu_seconds(gateway_pid)? - cpu0.0,
-        cpu_seconds(consumer_pid)? - cpu0.1,
-    );
-    let expected: u64 = sent
-        .values()
-        .map(|(_, game, _)| {
-            per_game.get(&(Protocol::GatewayWs, *game)).unwrap_or(&0)
-                + per_game.get(&(Protocol::Sse, *game)).unwrap_or(&0)
-        })
-        .sum();
+    let written = pipeline.write_rounds(&games, args.pace, &who).await?;
+    let due = |protocol: Protocol| {
+        written.deliveries_due(|game| *per_game.get(&(protocol, game)).unwrap_or(&0))
+    };
+    let expected = due(Protocol::GatewayWs) + due(Protocol::Sse);
     let arrived = || -> usize {
         clients
             .sinks
@@ -175,59 +108,21 @@ async fn main() -> anyhow::Result<()> {
     let closed = clients.closed();
     let sinks = clients.sinks.clone();
     clients.stop()?;
-    recorder.abort();
+    let at_nats = at_nats.stop();
 
-    let mut latency: HashMap<Protocol, Vec<Duration>> = HashMap::new();
-    let mut got: HashMap<Protocol, u64> = HashMap::new();
-    for sink in &sinks {
-        for (protocol, id, at) in &sink.lock().unwrap().0 {
-            let Some((sent_at, _, measured)) = sent.get(id) else {
-                continue; // a latest round from before the run
-            };
-            *got.entry(*protocol).or_default() += 1;
-            if *measured {
-                latency
-                    .entry(*protocol)
-                    .or_default()
-                    .push(at.saturating_duration_since(*sent_at));
-            }
-        }
-    }
-    let to_nats: Vec<Duration> = {
-        let at_nats = at_nats.lock().unwrap();
-        sent.iter()
-            .filter(|(_, (_, _, measured))| *measured)
-            .filter_map(|(id, (sent_at, _, _))| {
-                at_nats
-                    .get(id)
-                    .map(|at| at.saturating_duration_since(*sent_at))
-            })
-            .collect()
-    };
-
-    println!("\n| path | deliveries (all rounds) | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, protocol) in [("WebSocket", Protocol::GatewayWs), ("SSE", Protocol::Sse)] {
-        let want: u64 = sent
-            .values()
-            .map(|(_, game, _)| per_game.get(&(protocol, *game)).unwrap_or(&0))
-            .sum();
-        let [p50, p90, p99, max] =
-            percentiles(latency.remove(&protocol).unwrap_or_default()).unwrap_or_default();
-        println!(
-            "| INSERT sent → {name} client | {} of {want} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |",
-            got.get(&protocol).unwrap_or(&0)
-        );
-    }
-    let nats_count = to_nats.len();
-    let [p50, p90, p99, max] = percentiles(to_nats).unwrap_or_default();
-    println!(
-        "| INSERT sent → NATS subscriber (the consumer's half) | {nats_count} rounds | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |"
+    let mut tally = written.tally(
+        sinks
+            .iter()
+            .flat_map(|sink| std::mem::take(&mut sink.lock().unwrap().0)),
     );
+    print_header();
+    for (name, protocol) in [("WebSocket", Protocol::GatewayWs), ("SSE", Protocol::Sse)] {
+        tally.print_row(&format!("{name} client"), protocol, due(protocol));
+    }
+    written.print_nats_row(&at_nats);
     println!(
-        "\nedge-gateway CPU {:.1} % of a core, cdc-consumer CPU {:.1} %; connections closed by the gateway: {closed}; {}",
-        100.0 * cpu.0 / window,
-        100.0 * cpu.1 / window,
+        "\n{}; connections closed by the gateway: {closed}; {}",
+        written.pipeline_cpu(),
         machine_load()
     );
     Ok(())

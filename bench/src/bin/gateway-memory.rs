@@ -14,15 +14,13 @@
 //! The load generator runs in this process and needs one file per connection: stay within the
 //! machine's 20,000 open files (the server has its own 20,000).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use bench::gateway::{feed_nats, machine_load, seeded_games, Gateway};
+use bench::gateway::{machine_load, nats_websocket, LoadOptions};
 use bench::loadgen::{Clients, Protocol, Sink, Spec};
 use bench::rss_kib;
 use clap::{Parser, ValueEnum};
-use testkit::Nats;
+use testkit::seeded_games;
 
 #[derive(Parser)]
 struct Args {
@@ -40,18 +38,8 @@ struct Args {
     /// Seconds between the last connection and the reading.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
-    /// Load generator threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// The gateway's HTTP_WORKERS.
-    #[arg(long, default_value_t = 2)]
-    http_workers: usize,
-    /// Local addresses 127.0.0.1..=127.0.0.N to spread the clients over.
-    #[arg(long, default_value_t = 1)]
-    source_ips: u8,
-    /// Extra environment for the gateway, `KEY=VALUE` (repeatable), e.g. `MALLOC_ARENA_MAX=2`.
-    #[arg(long = "gateway-env", value_parser = key_value)]
-    gateway_env: Vec<(String, String)>,
+    #[command(flatten)]
+    load: LoadOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,12 +47,6 @@ enum Target {
     GatewayWs,
     GatewaySse,
     NatsWs,
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// Counts the rounds the idle clients got (their latest round on connect).
@@ -92,22 +74,16 @@ async fn main() -> anyhow::Result<()> {
 
 async fn measure(args: &Args, target: Target) -> anyhow::Result<()> {
     let games = seeded_games();
-    let mut gateway = None;
-    let nats;
-    let (addr, pid) = match target {
+    // The servers live until the end of this function; the clients are dropped first.
+    let (_nats, gateway, addr, pid) = match target {
         Target::NatsWs => {
-            nats = Nats::start_with_websocket().await?;
-            let url = nats.websocket_url().context("no WebSocket listener")?;
-            let addr: SocketAddr = url.trim_start_matches("ws://").parse()?;
-            (addr, nats.pid().context("nats-server pid")?)
+            let (nats, addr, pid) = nats_websocket().await?;
+            (nats, None, addr, pid)
         }
         Target::GatewayWs | Target::GatewaySse => {
-            nats = Nats::start().await?;
-            feed_nats(&nats.url()).await?;
-            let gw = Gateway::start(&nats.url(), args.http_workers, &args.gateway_env).await?;
-            let found = (gw.addr, gw.pid());
-            gateway = Some(gw);
-            found
+            let (nats, _, gateway) = args.load.fed_gateway().await?;
+            let (addr, pid) = (gateway.addr, gateway.pid());
+            (nats, Some(gateway), addr, pid)
         }
     };
     let specs: Vec<Spec> = (0..args.connections)
@@ -125,21 +101,14 @@ async fn measure(args: &Args, target: Target) -> anyhow::Result<()> {
                 protocol,
                 addr,
                 target: path,
-                source: (args.source_ips > 1).then(|| {
-                    IpAddr::V4(Ipv4Addr::new(
-                        127,
-                        0,
-                        0,
-                        1 + (i % args.source_ips as usize) as u8,
-                    ))
-                }),
+                source: args.load.source(i),
             }
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before, _) = rss_kib(pid)?;
     let fds_before = open_files(pid);
-    let mut clients = Clients::start(specs, args.threads, || Count(0));
+    let mut clients = Clients::start(specs, args.load.threads, || Count(0));
     clients.wait_connected(Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let (with, _) = rss_kib(pid)?;

@@ -20,14 +20,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::gateway::{machine_load, seeded_games, Gateway};
-use bench::{consumer_env, cpu_seconds, infrastructure, percentiles};
+use bench::commit_latency::{print_header, NatsArrivals, Pace, Pipeline};
+use bench::gateway::machine_load;
 use clap::Parser;
 use futures_util::StreamExt;
-use testkit::Service;
+use testkit::seeded_games;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
+#[command(mut_arg("seconds", |seconds| seconds.default_value("20")))]
 struct Args {
     /// WebTransport sessions.
     #[arg(long, default_value_t = 100)]
@@ -35,15 +36,8 @@ struct Args {
     /// WebSocket clients.
     #[arg(long, default_value_t = 100)]
     ws: usize,
-    /// Rounds inserted per second.
-    #[arg(long, default_value_t = 200)]
-    rate: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 20)]
-    seconds: u64,
-    /// Seconds written before measuring.
-    #[arg(long, default_value_t = 3)]
-    warmup_secs: u64,
+    #[command(flatten)]
+    pace: Pace,
     /// Every client on this game, every round for it (the largest fan-out per round).
     #[arg(long)]
     game: Option<String>,
@@ -84,24 +78,12 @@ async fn main() -> anyhow::Result<()> {
         None => seeded_games(),
     };
     anyhow::ensure!(!games.is_empty(), "no seeded game {:?}", args.game);
-    let (pg, nats) = infrastructure().await?;
-    let consumer = Service::start("cdc-consumer", &["run"], &{
-        let mut env = consumer_env(&pg, &nats);
-        env.push(("RUST_LOG", "warn,cdc_consumer::pipeline=info".into()));
-        env
-    })?;
-    consumer
-        .wait_for_log("\"streaming\"", Duration::from_secs(30))
-        .await?;
     let wt_port = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let gateway = Gateway::start(
-        &nats.url(),
-        args.http_workers,
-        &[("WT_ADDR".to_owned(), format!("127.0.0.1:{wt_port}"))],
-    )
-    .await?;
+    let wt_addr = ("WT_ADDR".to_owned(), format!("127.0.0.1:{wt_port}"));
+    let pipeline = Pipeline::start(args.http_workers, &[wt_addr]).await?;
+    let gateway = &pipeline.gateway;
     let hash = cert_hash(gateway.addr).await?;
 
     // Clients, spread evenly over the games.
@@ -133,68 +115,18 @@ async fn main() -> anyhow::Result<()> {
         *followers.entry((false, game.id)).or_default() += 1;
     }
 
-    // The consumer's half: a core subscriber on every round subject.
-    let nats_client = async_nats::connect(nats.url()).await?;
-    let mut subscription = nats_client.subscribe("rounds.>").await?;
-    let at_nats: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let recorder = {
-        let at_nats = Arc::clone(&at_nats);
-        tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                let at = Instant::now();
-                if let Ok(round) = shared::Round::from_msgpack(&message.payload) {
-                    at_nats.lock().unwrap().insert(round.round_id, at);
-                }
-            }
-        })
-    };
-    println!(
-        "{} WebTransport sessions + {} WebSocket clients on {} game(s), {} rounds/s for {} s (+{} s warm-up); {}",
+    let at_nats = NatsArrivals::start(&pipeline.nats.url()).await?;
+    let who = format!(
+        "{} WebTransport sessions + {} WebSocket clients on {} game(s)",
         args.wt,
         args.ws,
-        games.len(),
-        args.rate,
-        args.seconds,
-        args.warmup_secs,
-        machine_load()
+        games.len()
     );
-
-    let pg_client = pg.client().await?;
-    let insert = pg_client
-        .prepare("INSERT INTO rounds (game_id, finished_at, extras) VALUES ($1, now(), '{\"point\": \"2.00\"}') RETURNING id")
-        .await?;
-    let warmup = args.rate * args.warmup_secs;
-    let total = warmup + args.rate * args.seconds;
-    let (gateway_pid, consumer_pid) = (gateway.pid(), consumer.pid().unwrap_or_default());
-    let mut cpu0 = (0.0, 0.0);
-    let mut measured_from = Instant::now();
-    // round id → (INSERT sent, game id, measured)
-    let mut sent: HashMap<i64, (Instant, i64, bool)> = HashMap::with_capacity(total as usize);
-    let t0 = tokio::time::Instant::now();
-    for k in 0..total {
-        tokio::time::sleep_until(t0 + Duration::from_secs_f64(k as f64 / args.rate as f64)).await;
-        if k == warmup {
-            cpu0 = (cpu_seconds(gateway_pid)?, cpu_seconds(consumer_pid)?);
-            measured_from = Instant::now();
-        }
-        let game = games[k as usize % games.len()].id;
-        let at = Instant::now();
-        let id: i64 = pg_client.query_one(&insert, &[&game]).await?.get(0);
-        sent.insert(id, (at, game, k >= warmup));
-    }
-    let window = measured_from.elapsed().as_secs_f64();
-    let cpu = (
-        cpu_seconds(gateway_pid)? - cpu0.0,
-        cpu_seconds(consumer_pid)? - cpu0.1,
-    );
+    let written = pipeline.write_rounds(&games, args.pace, &who).await?;
 
     // Every stream and WebSocket delivery is reliable: wait for all of them (datagrams may be
     // lost), up to 10 s.
-    let want = |wt: bool| -> u64 {
-        sent.values()
-            .map(|(_, game, _)| followers.get(&(wt, *game)).unwrap_or(&0))
-            .sum()
-    };
+    let want = |wt: bool| written.deliveries_due(|game| *followers.get(&(wt, game)).unwrap_or(&0));
     let (want_wt, want_ws) = (want(true), want(false));
     let reliable = || -> u64 {
         arrivals
@@ -203,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
                 a.lock()
                     .unwrap()
                     .iter()
-                    .filter(|(path, id, _)| *path != Path::Datagram && sent.contains_key(id))
+                    .filter(|(path, id, _)| {
+                        *path != Path::Datagram && written.sent.contains_key(id)
+                    })
                     .count() as u64
             })
             .sum()
@@ -215,55 +149,22 @@ async fn main() -> anyhow::Result<()> {
     for task in &tasks {
         task.abort();
     }
-    recorder.abort();
+    let at_nats = at_nats.stop();
 
-    let mut latency: HashMap<Path, Vec<Duration>> = HashMap::new();
-    let mut got: HashMap<Path, u64> = HashMap::new();
-    for sink in &arrivals {
-        for (path, id, at) in sink.lock().unwrap().iter() {
-            let Some((sent_at, _, measured)) = sent.get(id) else {
-                continue; // a latest round from before the run
-            };
-            *got.entry(*path).or_default() += 1;
-            if *measured {
-                latency
-                    .entry(*path)
-                    .or_default()
-                    .push(at.saturating_duration_since(*sent_at));
-            }
-        }
-    }
-    let to_nats: Vec<Duration> = {
-        let at_nats = at_nats.lock().unwrap();
-        sent.iter()
-            .filter(|(_, (_, _, measured))| *measured)
-            .filter_map(|(id, (sent_at, _, _))| {
-                at_nats
-                    .get(id)
-                    .map(|at| at.saturating_duration_since(*sent_at))
-            })
-            .collect()
-    };
-
-    println!("\n| path | deliveries (all rounds) | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let mut tally = written.tally(
+        arrivals
+            .iter()
+            .flat_map(|sink| std::mem::take(&mut *sink.lock().unwrap())),
+    );
+    print_header();
     for (name, path, want) in [
         ("WebTransport datagram", Path::Datagram, want_wt),
         ("WebTransport stream", Path::Stream, want_wt),
         ("WebSocket", Path::WebSocket, want_ws),
     ] {
-        let [p50, p90, p99, max] =
-            percentiles(latency.remove(&path).unwrap_or_default()).unwrap_or_default();
-        println!(
-            "| INSERT sent → {name} | {} of {want} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |",
-            got.get(&path).unwrap_or(&0)
-        );
+        tally.print_row(name, path, want);
     }
-    let nats_count = to_nats.len();
-    let [p50, p90, p99, max] = percentiles(to_nats).unwrap_or_default();
-    println!(
-        "| INSERT sent → NATS subscriber (the consumer's half) | {nats_count} rounds | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |"
-    );
+    written.print_nats_row(&at_nats);
     let metrics = http_get(gateway.addr, "/metrics").await.unwrap_or_default();
     let metric = |name: &str| -> f64 {
         metrics
@@ -273,11 +174,10 @@ async fn main() -> anyhow::Result<()> {
             .sum()
     };
     println!(
-        "\ngateway: datagrams sent {}, dropped {}; edge-gateway CPU {:.1} % of a core, cdc-consumer CPU {:.1} %; {}",
+        "\ngateway: datagrams sent {}, dropped {}; {}; {}",
         metric("datastream_gateway_wt_datagrams_sent_total"),
         metric("datastream_gateway_wt_datagrams_dropped_total"),
-        100.0 * cpu.0 / window,
-        100.0 * cpu.1 / window,
+        written.pipeline_cpu(),
         machine_load()
     );
     Ok(())

@@ -14,49 +14,8 @@ use shared::nats::RoundsStream;
 use shared::subject::{round_msg_id, round_subject, DEFAULT_STREAM, GAMES_BUCKET, MSG_ID_HEADER};
 use shared::{Game, Round};
 
-/// The games the migrations seed (slug → type), with ids in seeding order.
-pub fn seeded_games() -> Vec<Game> {
-    let games = [
-        ("crash", "multiplier"),
-        ("aviador", "multiplier"),
-        ("aviator-wars", "multiplier"),
-        ("foguetinho", "multiplier"),
-        ("motograu", "multiplier"),
-        ("motograu-v2", "multiplier"),
-        ("free-style", "multiplier"),
-        ("freestyle-v2", "multiplier"),
-        ("pipa-brazil", "multiplier"),
-        ("slot", "multiplier"),
-        ("fortune-dragon", "multiplier"),
-        ("double", "color"),
-        ("dice", "dice"),
-        ("plinko", "plinko"),
-        ("wall-street", "trend"),
-    ];
-    games
-        .iter()
-        .zip(1..)
-        .map(|(&(slug, game_type), id)| Game {
-            id,
-            slug: slug.to_owned(),
-            name: title(slug),
-            game_type: game_type.to_owned(),
-        })
-        .collect()
-}
-
-fn title(slug: &str) -> String {
-    slug.split('-')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// The games the migrations seed, also for tests that feed NATS through something else.
+pub use testkit::seeded_games;
 
 /// The ROUNDS stream as the consumer creates it.
 pub fn rounds_stream() -> RoundsStream {
@@ -224,14 +183,5 @@ mod tests {
             "2026-01-17T03:45:42.735000Z"
         );
         assert_eq!(rfc3339_utc(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
-    }
-
-    #[test]
-    fn seeded() {
-        let games = seeded_games();
-        assert_eq!(games.len(), 15);
-        assert_eq!(games[0].name, "Crash");
-        assert_eq!(games[2].name, "Aviator Wars");
-        assert_eq!(games[11].game_type, "color");
     }
 }

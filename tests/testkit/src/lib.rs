@@ -1,5 +1,6 @@
 //! Real infrastructure for tests: a throwaway PostgreSQL 15, a throwaway `nats-server -js`, and
-//! Datastream's own binaries as child processes, all on loopback and free ports.
+//! Datastream's own binaries as child processes, all on loopback and free ports; and the games
+//! the migrations seed, for tests and benchmarks that feed NATS themselves.
 //!
 //! Nothing here touches the machine's shared PostgreSQL (5432) or NATS (4222). Every child is
 //! started through `setpriv --pdeathsig SIGKILL`, so it dies with the test process even when the
@@ -9,11 +10,13 @@
 //! delivers the parent-death signal when the *thread* that spawned the child exits.
 
 mod dirs;
+pub mod games;
 pub mod nats;
 pub mod pg;
 pub mod service;
 pub mod wait;
 
+pub use games::seeded_games;
 pub use nats::Nats;
 pub use pg::Postgres;
 pub use service::{bin_path, Service};
