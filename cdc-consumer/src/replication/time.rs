@@ -17,9 +17,10 @@ impl PgTimestamp {
         PgTimestamp(micros - PG_EPOCH_UNIX_MICROS)
     }
 
-    /// Unix milliseconds, rounded down.
+    /// Unix milliseconds, rounded down. Saturates at the ends of `i64` (a corrupt or
+    /// `infinity` timestamp must not overflow; found by fuzzing).
     pub fn unix_millis(self) -> i64 {
-        (self.0 + PG_EPOCH_UNIX_MICROS).div_euclid(1000)
+        self.0.saturating_add(PG_EPOCH_UNIX_MICROS).div_euclid(1000)
     }
 }
 
@@ -36,6 +37,15 @@ mod tests {
             1_768_621_542_123
         );
         assert_eq!(PgTimestamp(-1).unix_millis(), 946_684_799_999);
+    }
+
+    #[test]
+    fn extreme_timestamps_saturate() {
+        assert_eq!(
+            PgTimestamp(i64::MAX).unix_millis(),
+            i64::MAX.div_euclid(1000)
+        );
+        assert!(PgTimestamp(i64::MIN).unix_millis() < 0);
     }
 
     #[test]
