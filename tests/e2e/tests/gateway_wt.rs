@@ -540,10 +540,7 @@ async fn wt_bad_tls_settings_stop_startup_with_one_line() {
     ];
     for (env, setting, detail) in cases {
         let mut gw = Gateway::spawn("nats://127.0.0.1:1", &env).unwrap();
-        let status = gw.service.wait_exit(T).await.unwrap();
-        let log = gw.service.log();
-        assert_eq!(status.code(), Some(2), "{env:?}: {log}");
-        assert_eq!(log.trim_end().lines().count(), 1, "{env:?}: {log}");
+        let log = gw.service.refusal_line(T).await.unwrap();
         assert!(
             log.contains(setting) && log.contains(detail),
             "{env:?}: {log}"

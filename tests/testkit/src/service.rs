@@ -115,6 +115,26 @@ impl Service {
         }
     }
 
+    /// For a process that must refuse to start: waits for it to exit with status 2 (a bad
+    /// setting) having printed exactly one line, and returns that line.
+    pub async fn refusal_line(&mut self, deadline: Duration) -> anyhow::Result<String> {
+        let status = self.wait_exit(deadline).await?;
+        let log = self.log();
+        anyhow::ensure!(
+            status.code() == Some(2),
+            "{} exited with {status:?}, not 2: {log}",
+            self.name
+        );
+        let lines: Vec<&str> = log.trim().lines().collect();
+        anyhow::ensure!(
+            lines.len() == 1,
+            "{} printed {} lines: {log}",
+            self.name,
+            lines.len()
+        );
+        Ok(lines[0].to_owned())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut().map(Child::try_wait) {
