@@ -128,19 +128,7 @@ fn mutated_pgoutput_messages_never_panic_the_decoder_or_the_event_rule() {
 fn fuzz_findings_stay_fixed() {
     for finding in fixtures("fuzz-events") {
         let mut builder = EventBuilder::new(crash_catalog(), Lsn(0x100));
-        let mut changes = Vec::new();
-        let mut rest = &finding[..];
-        while rest.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-            let end = (2 + len).min(rest.len());
-            let message = Bytes::copy_from_slice(&rest[2..end]);
-            rest = &rest[end..];
-            if let Ok(message) = decode(message) {
-                if builder.apply(message, &mut changes).is_err() {
-                    break;
-                }
-            }
-        }
+        builder.apply_length_prefixed(&finding, &mut Vec::new());
     }
 }
 

@@ -4,9 +4,7 @@
 
 #![no_main]
 
-use bytes::Bytes;
 use cdc_consumer::events::EventBuilder;
-use cdc_consumer::replication::pgoutput::decode;
 use cdc_consumer::replication::Lsn;
 use libfuzzer_sys::fuzz_target;
 
@@ -18,17 +16,5 @@ fuzz_target!(|data: &[u8]| {
         game_type: "multiplier".into(),
     }];
     let mut builder = EventBuilder::new(games, Lsn(0x100));
-    let mut changes = Vec::new();
-    let mut rest = data;
-    while rest.len() >= 2 {
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        let end = (2 + len).min(rest.len());
-        let message = Bytes::copy_from_slice(&rest[2..end]);
-        rest = &rest[end..];
-        if let Ok(message) = decode(message) {
-            if builder.apply(message, &mut changes).is_err() {
-                return;
-            }
-        }
-    }
+    builder.apply_length_prefixed(data, &mut Vec::new());
 });

@@ -245,40 +245,35 @@ impl FrameReader {
     /// Every frame up to and including the first close frame (or until the server closes the
     /// connection without one).
     pub async fn until_close(&mut self, within: Duration) -> anyhow::Result<Vec<Frame>> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut frames = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self
-                .next(left)
-                .await
-                .with_context(|| format!("no close frame; frames so far: {frames:?}"))?
-            {
-                Some(frame) => {
-                    let close = frame.0 == 0x8;
-                    frames.push(frame);
-                    if close {
-                        return Ok(frames);
-                    }
-                }
-                None => return Ok(frames),
-            }
-        }
+        self.collect(within, true).await
     }
 
     /// Every frame until the server closes the connection.
     pub async fn until_eof(&mut self, within: Duration) -> anyhow::Result<Vec<Frame>> {
+        self.collect(within, false).await
+    }
+
+    /// Frames until the connection ends, or up to a close frame if `stop_at_close`.
+    async fn collect(
+        &mut self,
+        within: Duration,
+        stop_at_close: bool,
+    ) -> anyhow::Result<Vec<Frame>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut frames = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self
+            let Some(frame) = self
                 .next(left)
                 .await
                 .with_context(|| format!("the server did not close; frames so far: {frames:?}"))?
-            {
-                Some(frame) => frames.push(frame),
-                None => return Ok(frames),
+            else {
+                return Ok(frames);
+            };
+            let close = frame.0 == 0x8;
+            frames.push(frame);
+            if close && stop_at_close {
+                return Ok(frames);
             }
         }
     }
