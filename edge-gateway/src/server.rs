@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory};
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{AppConfig, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{from_fn, Next};
@@ -23,7 +25,7 @@ use crate::hub::{feed, Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::tls::Certificates;
 use crate::transport::wt::{WtEndpoint, WtError, WtServer};
-use crate::transport::{json_error, sse, ws};
+use crate::transport::{json_error, sse, upgrade, ws};
 use crate::{api, shutdown};
 
 /// Longest request target (path and query) accepted; longer gets 414.
@@ -154,35 +156,38 @@ async fn serve(hub: Hub, auth: Auth, wt: WtEndpoint, config: Config) -> Result<(
         None => None,
     };
     let metrics_on_main = metrics_server.is_none();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(from_fn(edge))
-            .configure(|cfg| {
-                routes(cfg);
-                if metrics_on_main {
-                    cfg.route("/metrics", web::get().to(api::metrics));
-                }
-            })
-    })
-    .workers(workers)
-    .backlog(4096)
-    .tcp_nodelay(true)
-    .client_request_timeout(Duration::from_secs(5))
-    // After a WebSocket close frame (ours or the echo of the client's), how long the connection
-    // waits for the client to close its side before closing it anyway (clients wait for the
-    // server to close TCP first, RFC 6455 §7.1.1). Not below 1 s: actix-http computes this
-    // deadline from a clock it refreshes every 500 ms, and a deadline already in the past leaves
-    // the connection open for good.
-    .client_disconnect_timeout(Duration::from_secs(1))
-    .shutdown_timeout(grace.as_secs_f64().ceil() as u64)
-    .disable_signals()
-    .bind(config.http_addr)
-    .map_err(|source| ServerError::Bind {
-        addr: config.http_addr,
-        source,
-    })?
-    .run();
+    let addr = config.http_addr;
+    // actix-web's HttpServer, assembled by hand for the one thing it cannot do: hand WebSocket
+    // sockets over after their handshake (transport::upgrade).
+    let builder = actix_server::Server::build();
+    // Tells idle keep-alive connections to close when the drain starts.
+    let drain_started = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(workers)
+        .backlog(4096)
+        .shutdown_timeout(grace.as_secs_f64().ceil() as u64)
+        .disable_signals()
+        .bind("edge-gateway", addr, move || {
+            let make_app = {
+                let state = state.clone();
+                move || app(state.clone(), metrics_on_main).into_factory()
+            };
+            let drain_started = drain_started.clone();
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = drain_started.clone();
+                    async move { signal.notified().await }
+                })
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .local_addr(addr)
+                .upgrade(upgrade::factory(make_app.clone()))
+                .finish(map_config(make_app(), |()| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|source| ServerError::Bind { addr, source })?
+        .run();
     tracing::info!(addr = %config.http_addr, workers, nats = %config.nats_url, stream = %config.stream, "edge-gateway listening");
     actix_web::rt::spawn(shutdown::drain_on_signal(
         signals,
@@ -201,6 +206,30 @@ async fn serve(hub: Hub, auth: Auth, wt: WtEndpoint, config: Config) -> Result<(
     }
     tracing::info!("edge-gateway stopped");
     Ok(())
+}
+
+/// The app on the public port: every route behind the request limits and CORS.
+fn app(
+    state: web::Data<AppState>,
+    metrics_on_main: bool,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap(from_fn(edge))
+        .configure(|cfg| {
+            routes(cfg);
+            if metrics_on_main {
+                cfg.route("/metrics", web::get().to(api::metrics));
+            }
+        })
 }
 
 /// The `METRICS_ADDR` listener: `/metrics` and `/health` only, one worker.

@@ -191,13 +191,13 @@ impl Subscription {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     tracing::warn!(conn_id = self.id, topic = %self.topic, error = %err, "resume from the stream failed");
-                    return Poll::Ready(self.end(EndReason::ReplayFailed));
+                    return Poll::Ready(Next::End(self.end(EndReason::ReplayFailed)));
                 }
                 Poll::Ready(None) => self.replay = None,
                 Poll::Pending => {
                     // Live events wait in the queue meanwhile, but an end must not wait.
                     return match self.queue.poll_closed(cx) {
-                        Poll::Ready(reason) => Poll::Ready(self.end(reason)),
+                        Poll::Ready(reason) => Poll::Ready(Next::End(self.end(reason))),
                         Poll::Pending => Poll::Pending,
                     };
                 }
@@ -213,9 +213,22 @@ impl Subscription {
             }
             match self.queue.poll_take(cx, &mut self.live) {
                 Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(reason)) => return Poll::Ready(self.end(reason)),
+                Poll::Ready(Err(reason)) => return Poll::Ready(Next::End(self.end(reason))),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// Whether the subscription has ended, without taking a delivery: for a transport whose
+    /// socket is full, which must still notice an end to send its close. Registers the waker
+    /// when it has not.
+    pub fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<EndReason> {
+        if let Some(reason) = self.ended {
+            return Poll::Ready(reason);
+        }
+        match self.queue.poll_closed(cx) {
+            Poll::Ready(reason) => Poll::Ready(self.end(reason)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -230,13 +243,13 @@ impl Subscription {
         self.end(reason);
     }
 
-    fn end(&mut self, reason: EndReason) -> Next {
+    fn end(&mut self, reason: EndReason) -> EndReason {
         let reason = *self.ended.get_or_insert(reason);
         self.queue.close(reason);
         self.replay = None;
         self.initial.clear();
         self.live.clear();
-        Next::End(reason)
+        reason
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`Subscription`]: crate::hub::Subscription
 
 pub mod sse;
+pub mod upgrade;
 pub mod ws;
 pub mod wt;
 

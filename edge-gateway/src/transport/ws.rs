@@ -1,13 +1,15 @@
 //! WebSocket adapter: `GET /ws/{game}` and `/ws/type/{type}`, one text frame per event.
 //!
-//! The connection is the HTTP response body itself: after the 101, actix-web's dispatcher polls
-//! `WsConnection`, which reads the client's frames from the request payload, sends pings, and
-//! hands the dispatcher the next frames. The frames are the hub's pre-built, shared
-//! [`Event::ws_frame`](crate::hub::Event::ws_frame) bytes, so a delivery costs no encoding, and
-//! everything queued is written in one go. There is no task or channel per connection, and a
-//! connection whose peer stops answering is ended right here (no writer task to get stuck).
-//! (This uses actix-http's WebSocket primitives directly rather than actix-ws, whose
-//! session channel and writer task this design does not need; see docs/gateway.md.)
+//! The handshake is an ordinary request through the app (routes, limits, origin and auth
+//! checks); its 101 response carries the prepared [`Accepted`] connection, and
+//! [`super::upgrade`] then gives that connection the socket itself, free of actix-http's
+//! per-connection buffers. From there `WsConnection` alone drives the socket: it reads the
+//! client's frames into a buffer that exists only while a frame is incomplete, sends pings, and
+//! writes the hub's pre-built, shared [`Event::ws_frame`](crate::hub::Event::ws_frame) bytes
+//! with vectored writes, so a delivery costs no encoding and no copy, and an idle connection
+//! holds no buffer at all. There is no task or channel per connection, and a connection whose
+//! peer stops answering is ended right here. (This uses actix-http's WebSocket primitives
+//! directly rather than actix-ws; see docs/gateway.md.)
 //!
 //! Protocol rules:
 //! - `?since=<seq>` resumes after `seq`; a cursor outside the stream closes with 4010 and a
@@ -16,26 +18,29 @@
 //!   connection with 1003; a malformed or oversized frame with 1002.
 //! - A ping every `WS_PING_INTERVAL`; a peer that has not answered it by the next one is
 //!   dropped without further ado. Client pings are answered.
-//! - Slow consumer: 1008 `slow consumer`. Shutdown: 1001. Failed resume: 1011. Key revoked: 4001.
+//! - Slow consumer: 1008 `slow consumer`, after the frame being written (the client resumes
+//!   gap-free from the last one it got). Shutdown: 1001. Failed resume: 1011. Key revoked: 4001.
+//! - A close frame waits at most two ping intervals for the peer to take it; after it, the
+//!   server closes its side and gives the peer a second to close its own (RFC 6455 §7.1.1).
 //! - Authentication (`AUTH=required`): the token from `POST /api/auth/token` as the offered
 //!   subprotocol (or `?token=`), checked before the upgrade (401/403/429).
 //! - A `Sec-WebSocket-Protocol` offered by the client is echoed (its first value), so browsers
 //!   accept the handshake when a token travels in it.
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_http::body::{BodyStream, MessageBody};
 use actix_http::ws::{self as proto, CloseCode, CloseReason, OpCode, Parser};
-use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::rt::net::TcpStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{sleep, timeout, Instant, Sleep};
 
 use super::{client_ip, cursor, query, resolve_topic, Refusal, TopicKind};
 use crate::auth::{Admission, Credential};
@@ -51,6 +56,10 @@ pub const CLOSE_CURSOR_RESET: u16 = 4010;
 const MAX_CONTROL_PAYLOAD: usize = 125;
 /// An unmasked ping with no payload.
 const PING: &[u8] = &[0x89, 0x00];
+/// Frames taken from the subscription ahead of the socket, at most: one vectored write's worth.
+const WRITE_BATCH: usize = 64;
+/// After the server's side is closed, how long the peer has to close its own.
+const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(serde::Deserialize)]
 struct WsQuery {
@@ -62,24 +71,21 @@ struct WsQuery {
 pub async fn by_game(
     req: HttpRequest,
     path: web::Path<String>,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    serve(req, payload, &state, TopicKind::Game, &path).await
+    serve(req, &state, TopicKind::Game, &path).await
 }
 
 pub async fn by_type(
     req: HttpRequest,
     path: web::Path<String>,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    serve(req, payload, &state, TopicKind::Type, &path).await
+    serve(req, &state, TopicKind::Type, &path).await
 }
 
 async fn serve(
     req: HttpRequest,
-    payload: web::Payload,
     state: &AppState,
     kind: TopicKind,
     name: &str,
@@ -109,37 +115,37 @@ async fn serve(
     let mut admission = state
         .auth
         .admit(credential, &state.hub, &topic, client_ip(&req))?;
-    let mut sub = state.hub.subscribe(topic, since, Protocol::Ws).await?;
+    let sub = state.hub.subscribe(topic, since, Protocol::Ws).await?;
     admission.attach(&state.auth, sub.closer());
     let mut response = proto::handshake_response(req.head());
     if let Some(protocol) = offered {
         response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
     }
-    let opening = match sub.start() {
-        Start::Reset { reason } => {
-            tracing::info!(conn_id = sub.id(), topic = %sub.topic(), %reason, "resume cursor outside the stream");
-            let frame = close_frame(CloseCode::Other(CLOSE_CURSOR_RESET), &reason.to_string());
-            sub.finish(EndReason::CursorReset);
-            Phase::Closing(frame)
-        }
-        _ => Phase::Open,
-    };
     let interval = state.settings.ws_ping_interval;
-    let connection = WsConnection {
+    let mut connection = WsConnection {
         sub,
-        payload: payload.into_inner(),
         read_buf: BytesMut::new(),
+        out: VecDeque::new(),
+        written: 0,
         ping: Box::pin(sleep(interval)),
         ping_interval: interval,
         awaiting_pong: false,
         pong: None,
-        phase: opening,
+        closing: false,
         _admission: admission,
     };
-    let body = BodyStream::new(connection).boxed();
-    Ok(response
-        .message_body(body)
-        .map_or_else(HttpResponse::from_error, HttpResponse::from))
+    let reset = match connection.sub.start() {
+        Start::Reset { reason } => Some(reason.to_string()),
+        _ => None,
+    };
+    if let Some(reason) = reset {
+        tracing::info!(conn_id = connection.sub.id(), topic = %connection.sub.topic(), %reason, "resume cursor outside the stream");
+        connection.sub.finish(EndReason::CursorReset);
+        connection.close_with(close_frame(CloseCode::Other(CLOSE_CURSOR_RESET), &reason));
+    }
+    let mut response = HttpResponse::from(response.finish().map_into_boxed_body());
+    response.extensions_mut().insert(Accepted(connection));
+    Ok(response)
 }
 
 /// The first protocol the client offered, to echo. Browsers fail a handshake whose offered
@@ -154,24 +160,51 @@ fn offered_protocol(req: &HttpRequest) -> Option<HeaderValue> {
     HeaderValue::from_str(first).ok()
 }
 
-enum Phase {
-    Open,
-    /// Send this close frame, then end.
-    Closing(Bytes),
-    Done,
+/// A WebSocket connection the handshake accepted, waiting for its socket: the extension on the
+/// 101 response that [`super::upgrade`] looks for.
+pub struct Accepted(WsConnection);
+
+impl Accepted {
+    /// Serves the connection on `io` until it ends. `early` holds what the client sent right
+    /// after its handshake, already read off the socket.
+    pub async fn run(self, mut io: TcpStream, early: BytesMut) {
+        let mut connection = self.0;
+        connection.read_buf = early;
+        let end = poll_fn(|cx| connection.poll_serve(&mut io, cx)).await;
+        drop(connection);
+        if end == End::Linger {
+            linger(io).await;
+        }
+    }
 }
 
-/// One WebSocket connection, as the response body.
+/// How a connection ends.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The close handshake is done on our side: close ours, let the peer close its own.
+    Linger,
+    /// The peer is gone or dead: just drop the socket.
+    Drop,
+}
+
+/// One WebSocket connection.
 struct WsConnection {
     sub: Subscription,
-    payload: Payload,
+    /// The client's bytes not yet parsed; empty (unallocated) between frames.
     read_buf: BytesMut,
+    /// Frames to write, in order; the first may be partly written already.
+    out: VecDeque<Bytes>,
+    /// Bytes of `out[0]` already written.
+    written: usize,
+    /// The next ping; once closing, the deadline for the close frame.
     ping: Pin<Box<Sleep>>,
     ping_interval: Duration,
     awaiting_pong: bool,
-    /// A pong owed to the client (only the latest ping is answered).
+    /// A pong owed to the client: only the latest ping is answered, once the frames before it
+    /// are written, so a client that floods pings and reads nothing cannot grow `out`.
     pong: Option<Bytes>,
-    phase: Phase,
+    /// A close frame is the last in `out`: nothing more is queued after it.
+    closing: bool,
     /// Held for the connection's life: its places under the caps, its revocation hook.
     _admission: Admission,
 }
@@ -187,20 +220,152 @@ enum Read {
 }
 
 impl WsConnection {
-    fn read_client(&mut self, cx: &mut Context<'_>) -> Read {
+    fn poll_serve(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            match self.read_client(io, cx) {
+                Read::Idle => {}
+                Read::Close(frame) => self.close_with(frame),
+                Read::Gone => return Poll::Ready(End::Drop),
+            }
+            if self.ping.as_mut().poll(cx).is_ready() {
+                if self.closing {
+                    tracing::debug!(
+                        conn_id = self.sub.id(),
+                        "WebSocket peer did not take the close frame; dropping it"
+                    );
+                    return Poll::Ready(End::Drop);
+                }
+                if self.awaiting_pong {
+                    tracing::debug!(
+                        conn_id = self.sub.id(),
+                        "WebSocket peer did not answer the ping; dropping it"
+                    );
+                    self.sub.finish(EndReason::PingTimeout);
+                    return Poll::Ready(End::Drop);
+                }
+                self.awaiting_pong = true;
+                self.out.push_back(Bytes::from_static(PING));
+                let next = Instant::now() + self.ping_interval;
+                self.ping.as_mut().reset(next);
+            }
+            if self.out.is_empty() && !self.closing {
+                self.out.extend(self.pong.take());
+            }
+            self.take_deliveries(cx);
+            if self.out.is_empty() {
+                return if self.closing {
+                    Poll::Ready(End::Linger)
+                } else {
+                    Poll::Pending
+                };
+            }
+            match self.write(io, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(conn_id = self.sub.id(), error = %err, "WebSocket write failed");
+                    self.sub.finish(EndReason::ClientGone);
+                    return Poll::Ready(End::Drop);
+                }
+                Poll::Pending => {
+                    // The peer is not reading: an end (slow consumer, shutdown, revocation)
+                    // must still be noticed, to queue its close frame.
+                    if !self.closing {
+                        if let Poll::Ready(reason) = self.sub.poll_ended(cx) {
+                            self.close_with(end_frame(reason));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Moves deliveries from the subscription to `out`, up to one write batch.
+    fn take_deliveries(&mut self, cx: &mut Context<'_>) {
+        while !self.closing && self.out.len() < WRITE_BATCH {
+            match self.sub.poll_next(cx) {
+                Poll::Ready(Next::Deliver(delivery)) => {
+                    self.out.push_back(delivery.event().ws_frame().clone());
+                }
+                Poll::Ready(Next::End(reason)) => self.close_with(end_frame(reason)),
+                Poll::Pending => break,
+            }
+        }
+    }
+
+    /// Writes from `out` until it is empty or the socket is full.
+    fn write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut count = 0;
+            for (i, frame) in self.out.iter().take(WRITE_BATCH).enumerate() {
+                let skip = if i == 0 { self.written } else { 0 };
+                slices[i] = IoSlice::new(&frame[skip..]);
+                count += 1;
+            }
+            let mut n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            };
+            while let Some(front) = self.out.front() {
+                let left = front.len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                self.out.pop_front();
+            }
+        }
+        // A long burst's queue is not kept for an idle connection.
+        if self.out.capacity() > WRITE_BATCH {
+            self.out = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues `frame`, a close frame, after the frame being written; what was queued behind
+    /// that one is dropped (the client resumes from the last event it got).
+    fn close_with(&mut self, frame: Bytes) {
+        if self.closing {
+            return;
+        }
+        self.out.truncate(usize::from(self.written > 0));
+        self.out.push_back(frame);
+        self.closing = true;
+        let deadline = Instant::now() + 2 * self.ping_interval;
+        self.ping.as_mut().reset(deadline);
+    }
+
+    fn read_client(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Read {
         loop {
             match self.parse_frame() {
                 Ok(Some(())) => continue,
                 Ok(None) => {}
                 Err(read) => return read,
             }
-            match Pin::new(&mut self.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.read_buf.extend_from_slice(&chunk),
-                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+            let mut chunk = [0u8; 512];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.read_buf.extend_from_slice(buf.filled());
+                }
+                Poll::Ready(_) => {
                     self.sub.finish(EndReason::ClientGone);
                     return Read::Gone;
                 }
-                Poll::Pending => return Read::Idle,
+                Poll::Pending => {
+                    if self.read_buf.is_empty() {
+                        // Free what the last frame left behind: idle connections hold nothing.
+                        self.read_buf = BytesMut::new();
+                    }
+                    return Read::Idle;
+                }
             }
         }
     }
@@ -208,6 +373,10 @@ impl WsConnection {
     /// Handles one complete frame from the read buffer: `Ok(Some)` if one was handled, `Ok(None)`
     /// if more bytes are needed, `Err` to stop reading.
     fn parse_frame(&mut self) -> Result<Option<()>, Read> {
+        if self.closing {
+            // The peer's answer to our close frame, or whatever it sent before seeing it.
+            self.read_buf.clear();
+        }
         let Some(&first) = self.read_buf.first() else {
             return Ok(None);
         };
@@ -281,58 +450,16 @@ impl WsConnection {
     }
 }
 
-impl Stream for WsConnection {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            match std::mem::replace(&mut this.phase, Phase::Done) {
-                Phase::Done => return Poll::Ready(None),
-                Phase::Closing(frame) => return Poll::Ready(Some(Ok(frame))),
-                Phase::Open => this.phase = Phase::Open,
-            }
-            match this.read_client(cx) {
-                Read::Idle => {}
-                Read::Close(frame) => {
-                    this.phase = Phase::Closing(frame);
-                    continue;
-                }
-                Read::Gone => {
-                    this.phase = Phase::Done;
-                    continue;
-                }
-            }
-            if let Some(pong) = this.pong.take() {
-                return Poll::Ready(Some(Ok(pong)));
-            }
-            if this.ping.as_mut().poll(cx).is_ready() {
-                if this.awaiting_pong {
-                    tracing::debug!(
-                        conn_id = this.sub.id(),
-                        "WebSocket peer did not answer the ping; dropping it"
-                    );
-                    this.sub.finish(EndReason::PingTimeout);
-                    this.phase = Phase::Done;
-                    continue;
-                }
-                this.awaiting_pong = true;
-                let next = Instant::now() + this.ping_interval;
-                this.ping.as_mut().reset(next);
-                return Poll::Ready(Some(Ok(Bytes::from_static(PING))));
-            }
-            return match this.sub.poll_next(cx) {
-                Poll::Ready(Next::Deliver(delivery)) => {
-                    Poll::Ready(Some(Ok(delivery.event().ws_frame().clone())))
-                }
-                Poll::Ready(Next::End(reason)) => {
-                    this.phase = Phase::Closing(end_frame(reason));
-                    continue;
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
+/// Closes our side and waits up to [`LINGER`] for the peer to close its own, reading away what
+/// it still sends: closing at once with unread bytes would reset the connection and could
+/// destroy the close frame before the peer reads it.
+async fn linger(mut io: TcpStream) {
+    let _ = io.shutdown().await;
+    let _ = timeout(LINGER, async {
+        let mut sink = [0u8; 256];
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The close frame for a subscription that ended on the gateway's side.
