@@ -8,7 +8,9 @@
 //! - `Hub::dispatch` decodes nothing and encodes nothing: the [`Event`] arrives with its wire
 //!   forms built. Under the hub's lock it updates the latest round per game and per type, the
 //!   bounded recent history, and pushes the shared `Arc<Event>` into the queue of every
-//!   subscriber of `game:<slug>` and of `type:<type>` (`queue`).
+//!   subscriber of `game:<slug>` and of `type:<type>` (`queue`), starting each event at another
+//!   subscriber: connections are written in the order they are woken, and this way nobody is
+//!   always the last one.
 //! - [`Hub::subscribe`] registers a subscriber and reads what it must get first (the latest
 //!   round, or the events it missed) under the same lock, so nothing committed in between is
 //!   lost or duplicated; a resume the history cannot serve is fetched from the stream by the
@@ -424,9 +426,18 @@ impl Hub {
         .into_iter()
         .flatten()
         {
-            let before = subs.len();
-            subs.retain(|queue| queue.push(&event) == Pushed::Queued);
-            removed += before - subs.len();
+            // Connections are woken, and so written, in push order: each event starts at another
+            // subscriber, so that nobody (the newest connection, one protocol) is always last.
+            let start = fair_start(event.seq, subs.len());
+            let mut ended = false;
+            for queue in subs[start..].iter().chain(&subs[..start]) {
+                ended |= queue.push(&event) != Pushed::Queued;
+            }
+            if ended {
+                let before = subs.len();
+                subs.retain(|queue| !queue.is_closed());
+                removed += before - subs.len();
+            }
         }
         if removed > 0 {
             state.registered -= removed as i64;
@@ -576,6 +587,17 @@ impl State {
             ),
         }
     }
+}
+
+/// Where event `seq`'s pushes start among `len` subscribers. Hashed rather than `seq % len`: a
+/// game's events are often evenly spaced in the stream (every 15th, say), which would start
+/// them all at the same subscriber.
+fn fair_start(seq: u64, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let spread = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    (spread % len as u64) as usize
 }
 
 fn put_if_newer(map: &mut HashMap<Box<str>, Arc<Event>>, key: &str, event: &Arc<Event>) {
@@ -781,6 +803,54 @@ mod tests {
         let seqs: Vec<u64> = state.history.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(state.history_bytes, 3 * one);
+    }
+
+    /// Wakes by recording its subscriber's index.
+    struct Recorder(usize, Arc<Mutex<Vec<usize>>>);
+    impl std::task::Wake for Recorder {
+        fn wake(self: Arc<Self>) {
+            self.1.lock().push(self.0);
+        }
+    }
+
+    #[test]
+    fn every_subscriber_takes_its_turn_at_the_front() {
+        let hub = hub(1000);
+        let topic = Topic::Game("crash".into());
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        // As many subscribers as games: `seq % 15` would start every event of this game at the
+        // same one.
+        let subscribers: Vec<(Arc<Queue>, std::task::Waker)> = (0..15)
+            .map(|i| {
+                let queue = Queue::new(1 << 20, Protocol::Ws, Metrics::new());
+                hub.inner.state.lock().register(&topic, Arc::clone(&queue));
+                let waker = std::task::Waker::from(Arc::new(Recorder(i, Arc::clone(&woken))));
+                (queue, waker)
+            })
+            .collect();
+        let mut first = [0; 15];
+        // One game among 15: its events are every 15th in the stream.
+        for seq in (1..=150).map(|k| 15 * k) {
+            // Drain, then park: the waker is registered once the queue is empty.
+            for (queue, waker) in &subscribers {
+                let mut cx = std::task::Context::from_waker(waker);
+                let mut taken = std::collections::VecDeque::new();
+                while queue.poll_take(&mut cx, &mut taken).is_ready() {
+                    taken.clear();
+                }
+            }
+            woken.lock().clear();
+            publish(&hub, seq, "crash", "multiplier");
+            let order = std::mem::take(&mut *woken.lock());
+            assert_eq!(order.len(), 15, "every subscriber is woken once");
+            let rotation: Vec<usize> = (0..15).map(|k| (order[0] + k) % 15).collect();
+            assert_eq!(order, rotation, "in registration order, from another start");
+            first[order[0]] += 1;
+        }
+        assert!(
+            first.iter().all(|&n| n > 0),
+            "each subscriber is first now and then: {first:?}"
+        );
     }
 
     #[test]
