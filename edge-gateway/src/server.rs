@@ -25,7 +25,7 @@ use crate::hub::{feed, Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::tls::Certificates;
 use crate::transport::wt::{WtEndpoint, WtError, WtServer};
-use crate::transport::{json_error, sse, upgrade, ws};
+use crate::transport::{self, json_error, sse, upgrade, ws};
 use crate::{api, shutdown};
 
 /// Longest request target (path and query) accepted; longer gets 414.
@@ -256,11 +256,9 @@ fn metrics_server(
 
 /// The routes (spec §4), but for `/metrics`, which goes where `METRICS_ADDR` says.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws/type/{type}", web::get().to(ws::by_type))
-        .route("/ws/{game}", web::get().to(ws::by_game))
-        .route("/sse/type/{type}", web::get().to(sse::by_type))
-        .route("/sse/{game}", web::get().to(sse::by_game))
-        .route("/api/auth/token", web::post().to(api::token))
+    transport::mount(cfg, "ws", ws::subscribe);
+    transport::mount(cfg, "sse", sse::subscribe);
+    cfg.route("/api/auth/token", web::post().to(api::token))
         .route("/api/games", web::get().to(api::games))
         .route("/api/wt/cert-hash", web::get().to(api::wt_cert_hash))
         .route("/api/games/{game}/latest", web::get().to(api::latest))

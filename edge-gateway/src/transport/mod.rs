@@ -1,10 +1,10 @@
 //! Transport adapters: thin layers that turn a hub [`Subscription`] into bytes on one kind of
 //! connection.
 //!
-//! What every adapter does before its first byte is shared here: resolving the path to a topic
-//! (404 before any upgrade), reading the cursor (400), subscribing (503 while starting or
-//! stopping), and the JSON error bodies. An adapter (`ws`, `sse`, `wt`) only adds its
-//! handshake and its framing.
+//! What every adapter does before its first byte is shared here: mounting its handler on both
+//! path families ([`mount`]), resolving the path to a topic (404 before any upgrade), reading
+//! the cursor (400), subscribing (503 while starting or stopping), and the JSON error bodies. An
+//! adapter (`ws`, `sse`, `wt`) only adds its handshake and its framing.
 //!
 //! [`Subscription`]: crate::hub::Subscription
 
@@ -13,19 +13,54 @@ pub mod upgrade;
 pub mod ws;
 pub mod wt;
 
+use std::future::{ready, Ready};
+
+use actix_web::dev::{Handler, Payload};
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, Responder, ResponseError};
 
 use crate::auth::Denied;
 use crate::hub::{parse_cursor, CursorError, Hub, SubscribeError, Topic};
 
-/// Which kind of path a request came in on.
+/// Which kind of path a request came in on. A handler [`mount`]ed on both takes it as an
+/// argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicKind {
     /// `/<proto>/{game}`
     Game,
     /// `/<proto>/type/{type}`
     Type,
+}
+
+impl FromRequest for TopicKind {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<TopicKind, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.app_data::<TopicKind>().copied().ok_or_else(|| {
+            actix_web::error::ErrorInternalServerError("route mounted without a topic kind")
+        }))
+    }
+}
+
+/// Serves `handler` on `/<prefix>/type/{name}` and `/<prefix>/{name}`, telling it which of the
+/// two matched through its [`TopicKind`] argument.
+pub fn mount<F, Args>(cfg: &mut web::ServiceConfig, prefix: &str, handler: F)
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    for (kind, pattern) in [
+        (TopicKind::Type, format!("/{prefix}/type/{{name}}")),
+        (TopicKind::Game, format!("/{prefix}/{{name}}")),
+    ] {
+        cfg.service(
+            web::resource(pattern)
+                .app_data(kind)
+                .route(web::get().to(handler.clone())),
+        );
+    }
 }
 
 /// Why a subscription request is answered with an error instead of a stream. Every variant is

@@ -40,29 +40,14 @@ struct SseQuery {
     api_key: Option<String>,
 }
 
-pub async fn by_game(
+/// The stream of `/sse/{game}` and `/sse/type/{type}` ([`super::mount`]ed on both).
+pub async fn subscribe(
     req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
-    serve(req, &state, TopicKind::Game, &path).await
-}
-
-pub async fn by_type(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
-    serve(req, &state, TopicKind::Type, &path).await
-}
-
-async fn serve(
-    req: HttpRequest,
-    state: &AppState,
     kind: TopicKind,
-    name: &str,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let topic = resolve_topic(&state.hub, kind, name)?;
+    let topic = resolve_topic(&state.hub, kind, &name)?;
     // The header is what a reconnecting EventSource sends: it wins over the URL's cursor.
     let raw_cursor = match req.headers().get("last-event-id") {
         Some(value) => Some(

@@ -68,27 +68,12 @@ struct WsQuery {
     token: Option<String>,
 }
 
-pub async fn by_game(
+/// The handshake of `/ws/{game}` and `/ws/type/{type}` ([`super::mount`]ed on both).
+pub async fn subscribe(
     req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
-    serve(req, &state, TopicKind::Game, &path).await
-}
-
-pub async fn by_type(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
-    serve(req, &state, TopicKind::Type, &path).await
-}
-
-async fn serve(
-    req: HttpRequest,
-    state: &AppState,
     kind: TopicKind,
-    name: &str,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let allowed = origin
@@ -98,7 +83,7 @@ async fn serve(
             return Err(Refusal::OriginNotAllowed);
         }
     }
-    let topic = resolve_topic(&state.hub, kind, name)?;
+    let topic = resolve_topic(&state.hub, kind, &name)?;
     let params = query::<WsQuery>(&req)?;
     let since = cursor(params.since.as_deref())?;
     proto::verify_handshake(req.head())

@@ -459,8 +459,9 @@ async fn ws_resume_since_and_reset_4010() {
     );
 }
 
-/// Refusals happen before the upgrade, with JSON; the offered sub-protocol is echoed; the
-/// Origin allow-list applies; a client that sends a message is closed with 1003.
+/// Refusals happen before the upgrade, with JSON (an upgrade asked of an SSE path too); the
+/// offered sub-protocol is echoed; the Origin allow-list applies; a client that sends a message
+/// is closed with 1003.
 #[tokio::test]
 async fn ws_handshake_rules() {
     let (nats, feed) = nats_and_feed().await.unwrap();
@@ -476,6 +477,8 @@ async fn ws_handshake_rules() {
         ("/ws/nope", 404, "unknown game"),
         ("/ws/type/nope", 404, "unknown game type"),
         ("/ws/crash?since=-3", 400, "cursor"),
+        // An SSE path offered an upgrade: answered, not streamed over the upgraded socket.
+        ("/sse/crash", 400, "this path does not upgrade"),
     ] {
         let refused = WsClient::refused(gw.addr, path).await.unwrap();
         assert_eq!(refused.status, status, "{path}");
@@ -553,6 +556,94 @@ async fn ws_ping_drops_peers_that_do_not_answer() {
         .unwrap(),
         1.0
     );
+}
+
+/// A close frame waits at most two ping intervals for a peer that takes nothing: a client that
+/// stopped reading (its receive window shut) is found slow while its socket is full, its 1008
+/// cannot be written, and the gateway drops the connection after two intervals instead of
+/// keeping its socket for as long as TCP keeps probing the closed window (indefinitely, while
+/// the peer answers).
+#[tokio::test]
+async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
+    let (nats, feed) = nats_and_feed().await.unwrap();
+    let games = feed.put_seeded_games().await.unwrap();
+    let crash = game(&games, "crash");
+    let gw = Gateway::start(
+        &nats.url(),
+        &[
+            ("WS_PING_INTERVAL", "1s".into()),
+            ("CLIENT_QUEUE_BYTES", "262144".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    // Small buffers: what the kernels hold for the client is a few dozen KiB (see `WsOptions`).
+    let options = WsOptions {
+        recv_buffer: Some(4096),
+        max_segment: Some(536),
+        ..WsOptions::default()
+    };
+    let stalled = WsClient::connect_with(gw.addr, "/ws/crash", &options)
+        .await
+        .unwrap();
+    let ws_metric = |name: &'static str| gw.metric(name, &[("protocol", "ws")]);
+    assert_eq!(
+        ws_metric("datastream_gateway_connections").await.unwrap(),
+        1.0
+    );
+    let extras = json!({ "pad": "x".repeat(2048) }).to_string();
+    let rounds = |n: usize| -> Vec<Round> { (0..n).map(|_| feed.round(crash, &extras)).collect() };
+    // First 100 KiB, more than the kernels take but well within the queue: once the connection
+    // has taken them all, its socket is full.
+    feed.publish_all(&rounds(50)).await.unwrap();
+    testkit::wait_until(T, "the connection to take the first rounds", || async {
+        (ws_metric("datastream_gateway_deliveries_total")
+            .await
+            .ok()?
+            == 50.0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Then 400 KiB more: over the queue's bound, the client is found slow.
+    feed.publish_all(&rounds(200)).await.unwrap();
+    let slow = || {
+        gw.metric(
+            "datastream_gateway_disconnects_total",
+            &[("protocol", "ws"), ("reason", "slow")],
+        )
+    };
+    testkit::wait_until(T, "the stalled client to be found slow", || async {
+        (slow().await.ok()? == 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let found_slow = std::time::Instant::now();
+    // Two intervals (2 s) after its close frame was queued, and not much later.
+    testkit::wait_until(
+        Duration::from_secs(5),
+        "the connection to be dropped",
+        || async { (ws_metric("datastream_gateway_connections").await.ok()? == 0.0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let dropped_after = found_slow.elapsed();
+    assert!(
+        dropped_after >= Duration::from_millis(1500),
+        "dropped {dropped_after:?} after it was found slow: before its close frame's deadline"
+    );
+    assert_eq!(
+        gw.metric(
+            "datastream_gateway_disconnects_total",
+            &[("reason", "ping_timeout")]
+        )
+        .await
+        .unwrap(),
+        0.0,
+        "ended by the close frame's deadline, not by the ping rule"
+    );
+    // The client never read a byte; its socket stayed open on its side all along.
+    drop(stalled);
 }
 
 /// `METRICS_ADDR`: `/metrics` (and `/health`) on a listener of their own, and no longer on the
