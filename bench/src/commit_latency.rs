@@ -2,17 +2,28 @@
 //! pipeline's processes, the writer that inserts finished rounds at a steady rate, the NATS
 //! subscriber that times the consumer's half, the matching of arrivals with INSERTs by round id,
 //! and the report's table and CPU figures.
+//!
+//! Every path is measured twice:
+//! - **INSERT sent → read**: from the writer sending the INSERT to the client's read returning,
+//!   on this process's monotonic clock. An upper bound: it includes the statement's execution
+//!   and the load generator's own wait for a core.
+//! - **commit → received**: from the round's commit timestamp (PostgreSQL's, microseconds, read
+//!   back with `pg_xact_commit_timestamp` after the run; the test kit's clusters set
+//!   `track_commit_timestamp`) to the wall-clock time the client received it (the kernel's
+//!   receive timestamp for load generator clients, see [`crate::loadgen::Stamp`]). This is the
+//!   latency the goals name: commit → client.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use shared::Game;
 use testkit::{Nats, Postgres, Service};
 
 use crate::gateway::{machine_load, Gateway};
+use crate::loadgen::Stamp;
 use crate::{cpu_seconds, infrastructure, percentiles, streaming_consumer};
 
 /// PostgreSQL → release cdc-consumer → NATS (ROUNDS) → release edge-gateway, running.
@@ -57,7 +68,7 @@ impl Pipeline {
 
 /// When each round reached a core NATS subscriber on `rounds.>`: the consumer's half.
 pub struct NatsArrivals {
-    at: Arc<Mutex<HashMap<i64, Instant>>>,
+    at: Arc<Mutex<HashMap<i64, Stamp>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,12 +77,12 @@ impl NatsArrivals {
     pub async fn start(nats_url: &str) -> anyhow::Result<NatsArrivals> {
         let client = async_nats::connect(nats_url).await?;
         let mut subscription = client.subscribe("rounds.>").await?;
-        let at: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let at: Arc<Mutex<HashMap<i64, Stamp>>> = Arc::default();
         let task = {
             let at = Arc::clone(&at);
             tokio::spawn(async move {
                 while let Some(message) = subscription.next().await {
-                    let arrived = Instant::now();
+                    let arrived = Stamp::now();
                     if let Ok(round) = shared::Round::from_msgpack(&message.payload) {
                         at.lock().unwrap().insert(round.round_id, arrived);
                     }
@@ -82,7 +93,7 @@ impl NatsArrivals {
     }
 
     /// Stops recording; round id → arrival.
-    pub fn stop(self) -> HashMap<i64, Instant> {
+    pub fn stop(self) -> HashMap<i64, Stamp> {
         self.task.abort();
         std::mem::take(&mut *self.at.lock().unwrap())
     }
@@ -130,6 +141,8 @@ pub struct Sent {
 pub struct Written {
     /// Round id → its INSERT.
     pub sent: HashMap<i64, Sent>,
+    /// Round id → its commit timestamp.
+    pub committed: HashMap<i64, SystemTime>,
     /// Seconds from the end of the warm-up to the last INSERT.
     pub window: f64,
     /// CPU seconds each process of `pids` used over the window, in order.
@@ -181,13 +194,46 @@ pub async fn write_rounds(
         .zip(&cpu0)
         .map(|(end, start)| end - start)
         .collect();
-    Ok(Written { sent, window, cpu })
+    let ids: Vec<i64> = sent.keys().copied().collect();
+    let committed = client
+        .query(
+            "SELECT id, pg_xact_commit_timestamp(xmin) FROM rounds WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(Written {
+        sent,
+        committed,
+        window,
+        cpu,
+    })
 }
 
 /// Per path: deliveries of this run's rounds, and latencies of the measured ones.
 pub struct Tally<K> {
     pub got: HashMap<K, u64>,
-    pub latency: HashMap<K, Vec<Duration>>,
+    pub latency: HashMap<K, Latencies>,
+}
+
+/// The two measurements of one path (see the module's documentation).
+#[derive(Default)]
+pub struct Latencies {
+    pub from_send: Vec<Duration>,
+    pub from_commit: Vec<Duration>,
+}
+
+impl Latencies {
+    fn push(&mut self, sent: &Sent, committed: Option<&SystemTime>, at: Stamp) {
+        self.from_send
+            .push(at.read.saturating_duration_since(sent.at));
+        if let Some(committed) = committed {
+            let latency = at.kernel.duration_since(*committed).unwrap_or_default();
+            self.from_commit.push(latency);
+        }
+    }
 }
 
 impl Written {
@@ -215,7 +261,7 @@ impl Written {
     /// the run (a game's latest on connect) are left out.
     pub fn tally<K: Copy + Eq + Hash>(
         &self,
-        arrivals: impl IntoIterator<Item = (K, i64, Instant)>,
+        arrivals: impl IntoIterator<Item = (K, i64, Stamp)>,
     ) -> Tally<K> {
         let mut tally = Tally {
             got: HashMap::new(),
@@ -231,26 +277,22 @@ impl Written {
                     .latency
                     .entry(path)
                     .or_default()
-                    .push(at.saturating_duration_since(sent.at));
+                    .push(sent, self.committed.get(&id), at);
             }
         }
         tally
     }
 
-    /// Prints the table's last row: INSERT sent → NATS subscriber, for the measured rounds.
-    pub fn print_nats_row(&self, at_nats: &HashMap<i64, Instant>) {
-        let to_nats: Vec<Duration> = self
-            .sent
-            .iter()
-            .filter(|(_, sent)| sent.measured)
-            .filter_map(|(id, sent)| {
-                at_nats
-                    .get(id)
-                    .map(|at| at.saturating_duration_since(sent.at))
-            })
-            .collect();
-        let count = format!("{} rounds", to_nats.len());
-        print_row("NATS subscriber (the consumer's half)", &count, to_nats);
+    /// Prints the table's last rows: the NATS subscriber, for the measured rounds.
+    pub fn print_nats_row(&self, at_nats: &HashMap<i64, Stamp>) {
+        let mut to_nats = Latencies::default();
+        for (id, sent) in self.sent.iter().filter(|(_, sent)| sent.measured) {
+            if let Some(at) = at_nats.get(id) {
+                to_nats.push(sent, self.committed.get(id), *at);
+            }
+        }
+        let count = format!("{} rounds", to_nats.from_send.len());
+        print_rows("NATS subscriber (the consumer's half)", &count, to_nats);
     }
 }
 
@@ -258,7 +300,7 @@ impl<K: Copy + Eq + Hash> Tally<K> {
     /// Prints the row of `path`, named `name`, out of `due` deliveries.
     pub fn print_row(&mut self, name: &str, path: K, due: u64) {
         let deliveries = format!("{} of {due}", self.got.get(&path).unwrap_or(&0));
-        print_row(
+        print_rows(
             name,
             &deliveries,
             self.latency.remove(&path).unwrap_or_default(),
@@ -272,7 +314,14 @@ pub fn print_header() {
     println!("|---|---:|---:|---:|---:|---:|");
 }
 
-fn print_row(name: &str, deliveries: &str, sample: Vec<Duration>) {
-    let [p50, p90, p99, max] = percentiles(sample).unwrap_or_default();
-    println!("| INSERT sent → {name} | {deliveries} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |");
+/// The path's two rows: commit → received, then INSERT sent → read.
+fn print_rows(name: &str, deliveries: &str, latencies: Latencies) {
+    let row = |from: &str, to: &str, sample: Vec<Duration>| {
+        let [p50, p90, p99, max] = percentiles(sample).unwrap_or_default();
+        println!(
+            "| {from} → {name}, {to} | {deliveries} | {p50:.2} | {p90:.2} | {p99:.2} | {max:.2} |"
+        );
+    };
+    row("commit", "received", latencies.from_commit);
+    row("INSERT sent", "read", latencies.from_send);
 }

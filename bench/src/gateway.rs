@@ -112,9 +112,8 @@ impl Gateway {
 #[derive(Debug, clap::Args)]
 #[command(about = None, long_about = None)]
 pub struct LoadOptions {
-    /// Load generator threads.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub readers: crate::loadgen::Readers,
     /// The gateway's HTTP_WORKERS.
     #[arg(long, default_value_t = 2)]
     pub http_workers: usize,

@@ -3,7 +3,10 @@
 //!
 //! Each thread owns its share of the connections and one epoll instance (mio): no task, channel
 //! or allocation per connection or per message. A readable socket is read into the thread's one
-//! 64 KiB buffer with the instant the read returned; the frames in it are cut out in place, and
+//! 64 KiB buffer with a [`Stamp`]: the instant the read returned, and the time the kernel
+//! received the data (`SO_TIMESTAMPING`, software receive timestamps), which is when a client on
+//! another machine would have had it, whatever this process's threads were doing on the shared
+//! cores. The frames in the buffer are cut out in place, and
 //! only a frame or line split across reads leaves a few bytes in the connection's own (normally
 //! empty) buffer. Of each delivery only the round id is looked at, without parsing it all:
 //! `"round_id":<digits>` in the gateway's JSON (WebSocket text frame or SSE `data:`), the
@@ -21,15 +24,17 @@
 //! the connection; [`Clients::wait_connected`] tells when all are up. Deliveries go to a
 //! [`Sink`] per thread, locked once per batch of ready sockets.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::{self as sock, sockopt, ControlMessageOwned, MsgFlags, TimestampingFlag};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// What a client speaks.
@@ -55,10 +60,47 @@ pub struct Spec {
     pub source: Option<IpAddr>,
 }
 
+/// How the load generator's threads read.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Readers {
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Read every N milliseconds instead of waking for each arriving segment (0). On loopback,
+    /// a write to a socket whose reader sleeps in `epoll_wait` wakes that reader on the writer's
+    /// CPU time, a cost a client on another machine never puts on the server; a reader that
+    /// sleeps between rounds of reading is not waiting in `epoll_wait`, so the server pays no
+    /// wake-ups, and the kernel's receive timestamps keep arrival times exact.
+    #[arg(long, default_value_t = 0)]
+    pub read_every_ms: u64,
+}
+
+/// When a delivery arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// The instant the read returned (this process's clock for intervals).
+    pub read: Instant,
+    /// When the kernel received the last segment the read returned (wall clock, to compare with
+    /// PostgreSQL's commit timestamps); the read's own time for bytes without one (those that came
+    /// with a handshake's answer).
+    pub kernel: SystemTime,
+}
+
+impl Stamp {
+    /// Both clocks now: for a client that gets no kernel timestamp (a Tokio client task, bytes
+    /// that came with a handshake).
+    pub fn now() -> Stamp {
+        Stamp {
+            read: Instant::now(),
+            kernel: SystemTime::now(),
+        }
+    }
+}
+
 /// Where a thread's deliveries go.
 pub trait Sink: Send + 'static {
-    /// Round `round_id` arrived on a `protocol` connection; the read returned at `at`.
-    fn delivered(&mut self, protocol: Protocol, round_id: i64, at: Instant);
+    /// Round `round_id` arrived on a `protocol` connection at `at`.
+    fn delivered(&mut self, protocol: Protocol, round_id: i64, at: Stamp);
 }
 
 /// Connection counts, shared by the threads.
@@ -81,9 +123,10 @@ pub struct Clients<S: Sink> {
 }
 
 impl<S: Sink> Clients<S> {
-    /// Opens `specs` from `threads` threads (round-robin), each with its own sink.
-    pub fn start(specs: Vec<Spec>, threads: usize, mut sink: impl FnMut() -> S) -> Clients<S> {
-        let threads = threads.max(1);
+    /// Opens `specs` from `readers.threads` threads (round-robin), each with its own sink.
+    pub fn start(specs: Vec<Spec>, readers: Readers, mut sink: impl FnMut() -> S) -> Clients<S> {
+        let threads = readers.threads.max(1);
+        let pause = Duration::from_millis(readers.read_every_ms);
         let total = specs.len();
         let mut shares: Vec<Vec<Spec>> = vec![Vec::new(); threads];
         for (i, spec) in specs.into_iter().enumerate() {
@@ -99,7 +142,7 @@ impl<S: Sink> Clients<S> {
             let (status, stop) = (Arc::clone(&status), Arc::clone(&stop));
             let handle = std::thread::Builder::new()
                 .name(format!("loadgen-{i}"))
-                .spawn(move || run_thread(share, &sink, &status, &stop))
+                .spawn(move || run_thread(share, pause, &sink, &status, &stop))
                 .unwrap();
             handles.push(handle);
         }
@@ -165,6 +208,7 @@ impl<S: Sink> Drop for Clients<S> {
 
 fn run_thread<S: Sink>(
     specs: Vec<Spec>,
+    pause: Duration,
     sink: &Mutex<S>,
     status: &Status,
     stop: &AtomicBool,
@@ -182,18 +226,17 @@ fn run_thread<S: Sink>(
         poll.registry()
             .register(&mut stream, Token(conns.len()), Interest::READABLE)?;
         let mut conn = Conn::new(stream, spec.protocol);
-        conn.on_bytes(
-            &leftover,
-            Instant::now(),
-            &mut *sink.lock().unwrap(),
-            status,
-        );
+        conn.on_bytes(&leftover, Stamp::now(), &mut *sink.lock().unwrap(), status);
         conns.push(conn);
         status.connected.fetch_add(1, Ordering::Release);
     }
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut control = nix::cmsg_space!([nix::sys::time::TimeSpec; 3]);
     while !stop.load(Ordering::Acquire) {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         match poll.poll(&mut events, Some(Duration::from_millis(100))) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -204,7 +247,7 @@ fn run_thread<S: Sink>(
         }
         let mut sink = sink.lock().unwrap();
         for event in &events {
-            conns[event.token().0].read_ready(&mut buf, &mut *sink, status);
+            conns[event.token().0].read_ready(&mut buf, &mut control, &mut *sink, status);
         }
     }
     Ok(())
@@ -220,6 +263,9 @@ fn handshake(spec: &Spec) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     socket.connect_timeout(&SockAddr::from(spec.addr), Duration::from_secs(10))?;
     let mut stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
+    let stamps = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+        | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE;
+    sock::setsockopt(&stream, sockopt::Timestamping, &stamps)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let host = spec.addr;
     let request = match spec.protocol {
@@ -321,15 +367,20 @@ impl Conn {
         }
     }
 
-    fn read_ready(&mut self, buf: &mut [u8], sink: &mut dyn Sink, status: &Status) {
+    fn read_ready(
+        &mut self,
+        buf: &mut [u8],
+        control: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+        status: &Status,
+    ) {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 return;
             };
-            match stream.read(buf) {
-                Ok(0) => return self.close(status),
-                Ok(n) => {
-                    let at = Instant::now();
+            match read_stamped(stream, buf, control) {
+                Ok((0, _)) => return self.close(status),
+                Ok((n, at)) => {
                     self.on_bytes(&buf[..n], at, sink, status);
                     // A short read drained the socket; new data raises a new edge.
                     if n < buf.len() {
@@ -349,7 +400,7 @@ impl Conn {
         }
     }
 
-    fn on_bytes(&mut self, data: &[u8], at: Instant, sink: &mut dyn Sink, status: &Status) {
+    fn on_bytes(&mut self, data: &[u8], at: Stamp, sink: &mut dyn Sink, status: &Status) {
         if data.is_empty() {
             return;
         }
@@ -383,7 +434,7 @@ impl Conn {
 
     /// Parses what `data` holds; returns how much was used, or an error that ends the
     /// connection (a close frame, the end of the SSE stream, garbage).
-    fn parse(&mut self, data: &[u8], at: Instant, sink: &mut dyn Sink) -> anyhow::Result<usize> {
+    fn parse(&mut self, data: &[u8], at: Stamp, sink: &mut dyn Sink) -> anyhow::Result<usize> {
         match self.protocol {
             Protocol::GatewayWs => {
                 let mut end = false;
@@ -465,6 +516,35 @@ impl Conn {
     }
 }
 
+/// Reads what `stream` holds into `buf`, with the kernel's receive timestamp of the last segment
+/// read (`SO_TIMESTAMPING` is set on every client socket).
+fn read_stamped(
+    stream: &mio::net::TcpStream,
+    buf: &mut [u8],
+    control: &mut Vec<u8>,
+) -> io::Result<(usize, Stamp)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = sock::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(control),
+        MsgFlags::empty(),
+    )?;
+    let read = Instant::now();
+    let kernel = msg.cmsgs()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmTimestampsns(stamps) => Some(
+            UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(stamps.system.tv_sec()).unwrap_or(0),
+                    u32::try_from(stamps.system.tv_nsec()).unwrap_or(0),
+                ),
+        ),
+        _ => None,
+    });
+    let kernel = kernel.unwrap_or_else(SystemTime::now);
+    Ok((msg.bytes, Stamp { read, kernel }))
+}
+
 /// Calls `frame(opcode, payload)` for every complete (unmasked, server) frame in `data`;
 /// returns the bytes used.
 fn ws_frames(data: &[u8], mut frame: impl FnMut(u8, &[u8])) -> anyhow::Result<usize> {
@@ -540,7 +620,7 @@ fn server_frame(payload: &[u8]) -> Vec<u8> {
 /// Handles the complete NATS protocol messages in `text`; returns the bytes used.
 fn nats_messages(
     text: &[u8],
-    at: Instant,
+    at: Stamp,
     sink: &mut dyn Sink,
     out: &mut Vec<u8>,
 ) -> anyhow::Result<usize> {
@@ -743,7 +823,7 @@ mod tests {
 
     struct Ids(Vec<i64>);
     impl Sink for Ids {
-        fn delivered(&mut self, _: Protocol, round_id: i64, _: Instant) {
+        fn delivered(&mut self, _: Protocol, round_id: i64, _: Stamp) {
             self.0.push(round_id);
         }
     }
@@ -756,8 +836,8 @@ mod tests {
             let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let mut conn = Conn::new(mio::net::TcpStream::from_std(stream), Protocol::Sse);
             let (mut ids, status) = (Ids(Vec::new()), Status::default());
-            conn.on_bytes(&body[..split], Instant::now(), &mut ids, &status);
-            conn.on_bytes(&body[split..], Instant::now(), &mut ids, &status);
+            conn.on_bytes(&body[..split], Stamp::now(), &mut ids, &status);
+            conn.on_bytes(&body[split..], Stamp::now(), &mut ids, &status);
             assert_eq!(ids.0, [7], "split at {split}");
         }
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench::gateway::{machine_load, nats_websocket, publish, round, LoadOptions};
-use bench::loadgen::{Clients, Histogram, Protocol, Sink, Spec};
+use bench::loadgen::{Clients, Histogram, Protocol, Sink, Spec, Stamp};
 use bench::{cpu_seconds, cpu_user_system};
 use clap::{Parser, ValueEnum};
 use shared::Game;
@@ -110,12 +110,12 @@ struct Recorder {
 }
 
 impl Sink for Recorder {
-    fn delivered(&mut self, _: Protocol, round_id: i64, at: Instant) {
+    fn delivered(&mut self, _: Protocol, round_id: i64, at: Stamp) {
         self.total += 1;
         if let Some((step, sent)) = self.published.lookup(round_id) {
             let (histogram, count) = &mut self.steps[step];
             *count += 1;
-            histogram.record(at.saturating_duration_since(sent).as_micros() as u64);
+            histogram.record(at.read.saturating_duration_since(sent).as_micros() as u64);
         }
     }
 }
@@ -262,7 +262,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
     );
     let connecting = Instant::now();
     let rates = args.rates.len();
-    let mut clients = Clients::start(specs, args.load.threads, || Recorder {
+    let mut clients = Clients::start(specs, args.load.readers, || Recorder {
         published: Arc::clone(&published),
         steps: vec![(Histogram::default(), 0); rates],
         total: 0,

@@ -7,7 +7,9 @@
 //! runs from the instant the INSERT was sent (so it includes the statement and its commit) to the
 //! instant a client's read returned, one process and one clock. The delivery often arrives
 //! before the writer sees its INSERT return, so sends and arrivals are matched by round id at the
-//! end. The first `--warmup-secs` are not counted.
+//! end. The first `--warmup-secs` are not counted. Each path is also measured from the round's
+//! commit timestamp to the kernel's receive timestamp of the client's socket (see
+//! `bench::commit_latency`): commit → client, without the load generator's own scheduling.
 //!
 //! In the same run a plain NATS subscriber on `rounds.>` times the consumer's half (INSERT sent →
 //! published to NATS), so the gateway's own share can be told apart. Also reported: the CPU the
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bench::commit_latency::{print_header, NatsArrivals, Pace, Pipeline};
 use bench::gateway::machine_load;
-use bench::loadgen::{Clients, Protocol, Sink, Spec};
+use bench::loadgen::{Clients, Protocol, Readers, Sink, Spec, Stamp};
 use clap::Parser;
 use testkit::seeded_games;
 
@@ -32,9 +34,8 @@ struct Args {
     sse: usize,
     #[command(flatten)]
     pace: Pace,
-    /// Load generator threads.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    #[command(flatten)]
+    readers: Readers,
     /// The gateway's HTTP_WORKERS.
     #[arg(long, default_value_t = 2)]
     http_workers: usize,
@@ -42,10 +43,10 @@ struct Args {
 
 /// Every arrival, matched with the sends at the end.
 #[derive(Default)]
-struct Arrivals(Vec<(Protocol, i64, Instant)>);
+struct Arrivals(Vec<(Protocol, i64, Stamp)>);
 
 impl Sink for Arrivals {
-    fn delivered(&mut self, protocol: Protocol, round_id: i64, at: Instant) {
+    fn delivered(&mut self, protocol: Protocol, round_id: i64, at: Stamp) {
         self.0.push((protocol, round_id, at));
     }
 }
@@ -84,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         args.sse,
         games.len()
     );
-    let mut clients = Clients::start(specs, args.threads, Arrivals::default);
+    let mut clients = Clients::start(specs, args.readers, Arrivals::default);
     clients.wait_connected(Duration::from_secs(120)).await?;
 
     let at_nats = NatsArrivals::start(&pipeline.nats.url()).await?;

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use bench::gateway::{machine_load, nats_websocket, LoadOptions};
-use bench::loadgen::{Clients, Protocol, Sink, Spec};
+use bench::loadgen::{Clients, Protocol, Sink, Spec, Stamp};
 use bench::rss_kib;
 use clap::{Parser, ValueEnum};
 use testkit::seeded_games;
@@ -53,7 +53,7 @@ enum Target {
 struct Count(u64);
 
 impl Sink for Count {
-    fn delivered(&mut self, _: Protocol, _: i64, _: Instant) {
+    fn delivered(&mut self, _: Protocol, _: i64, _: Stamp) {
         self.0 += 1;
     }
 }
@@ -108,7 +108,7 @@ async fn measure(args: &Args, target: Target) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before, _) = rss_kib(pid)?;
     let fds_before = open_files(pid);
-    let mut clients = Clients::start(specs, args.load.threads, || Count(0));
+    let mut clients = Clients::start(specs, args.load.readers, || Count(0));
     clients.wait_connected(Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let (with, _) = rss_kib(pid)?;
