@@ -30,7 +30,8 @@ pub fn repo_root() -> PathBuf {
         .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
 }
 
-/// The directory of the workspace's binaries of the running profile (`target/debug`).
+/// The directory the tests take Datastream's binaries from (`testkit::bin_path`): the release
+/// build in scripts/check, else the running profile's (`target/debug`).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let gateway = testkit::bin_path("edge-gateway")?;
     Ok(gateway

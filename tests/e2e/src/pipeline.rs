@@ -82,11 +82,17 @@ impl Pipeline {
         &self,
         extra: &[(&'static str, &str)],
     ) -> anyhow::Result<Service> {
-        let consumer = self.start_consumer(extra)?;
-        consumer
-            .wait_for_log("\"streaming\"", Duration::from_secs(30))
-            .await?;
-        Ok(consumer)
+        streaming(self.start_consumer(extra)?).await
+    }
+
+    /// Starts the test build's consumer, the only one with fail points, with
+    /// `FAILPOINTS=failpoints`, and waits until it streams from the slot.
+    pub async fn start_streaming_consumer_with_failpoints(
+        &self,
+        failpoints: &str,
+    ) -> anyhow::Result<Service> {
+        let env = self.consumer_env(&[("FAILPOINTS", failpoints)]);
+        streaming(Service::start_own_build("cdc-consumer", &["run"], &env)?).await
     }
 
     pub async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -158,6 +164,14 @@ impl Pipeline {
         })
         .await
     }
+}
+
+/// Waits until `consumer` streams from the slot.
+async fn streaming(consumer: Service) -> anyhow::Result<Service> {
+    consumer
+        .wait_for_log("\"streaming\"", Duration::from_secs(30))
+        .await?;
+    Ok(consumer)
 }
 
 async fn read_stream(js: &jetstream::Context) -> anyhow::Result<Vec<Stored>> {

@@ -14,7 +14,7 @@ async fn crash_at(point: &str, hit: u32, partial: bool) {
     let p = Pipeline::start().await.unwrap();
     let failpoints = format!("{point}={}*off->panic", hit - 1);
     let mut consumer = p
-        .start_streaming_consumer(&[("FAILPOINTS", &failpoints)])
+        .start_streaming_consumer_with_failpoints(&failpoints)
         .await
         .unwrap();
     write_rounds(p.pg.url(), vec![25; 8]).await.unwrap();
@@ -32,6 +32,7 @@ async fn crash_at(point: &str, hit: u32, partial: bool) {
         "crashed after everything was published"
     );
 
+    // The consumer that takes over is the one the other tests run (the release build in CI).
     let _consumer = p.start_streaming_consumer(&[]).await.unwrap();
     let stored = assert_exactly_once_in_order(&p).await;
     assert_eq!(stored.len(), 200);

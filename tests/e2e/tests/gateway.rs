@@ -559,10 +559,10 @@ async fn ws_ping_drops_peers_that_do_not_answer() {
 }
 
 /// A close frame waits at most two ping intervals for a peer that takes nothing: a client that
-/// stopped reading (its receive window shut) is found slow while its socket is full, its 1008
-/// cannot be written, and the gateway drops the connection after two intervals instead of
-/// keeping its socket for as long as TCP keeps probing the closed window (indefinitely, while
-/// the peer answers).
+/// stopped reading in the middle of a large round is found slow, the close frame queued behind
+/// that round cannot be written, and the gateway drops the connection after two intervals
+/// instead of keeping its socket for as long as TCP keeps probing the closed window
+/// (indefinitely, while the peer answers).
 #[tokio::test]
 async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
     let (nats, feed) = nats_and_feed().await.unwrap();
@@ -572,7 +572,7 @@ async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
         &nats.url(),
         &[
             ("WS_PING_INTERVAL", "1s".into()),
-            ("CLIENT_QUEUE_BYTES", "262144".into()),
+            ("CLIENT_QUEUE_BYTES", "65536".into()),
         ],
     )
     .await
@@ -591,22 +591,24 @@ async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
         ws_metric("datastream_gateway_connections").await.unwrap(),
         1.0
     );
-    let extras = json!({ "pad": "x".repeat(2048) }).to_string();
-    let rounds = |n: usize| -> Vec<Round> { (0..n).map(|_| feed.round(crash, &extras)).collect() };
-    // First 100 KiB, more than the kernels take but well within the queue: once the connection
-    // has taken them all, its socket is full.
-    feed.publish_all(&rounds(50)).await.unwrap();
-    testkit::wait_until(T, "the connection to take the first rounds", || async {
+    // A 512 KiB round (larger than the queue's bound, which an empty queue still takes): once
+    // the connection has taken it, it is stuck in the middle of writing it.
+    let large = json!({ "pad": "x".repeat(512 * 1024) }).to_string();
+    feed.publish(&feed.round(crash, &large)).await.unwrap();
+    testkit::wait_until(T, "the connection to take the large round", || async {
         (ws_metric("datastream_gateway_deliveries_total")
             .await
             .ok()?
-            == 50.0)
+            == 1.0)
             .then_some(())
     })
     .await
     .unwrap();
-    // Then 400 KiB more: over the queue's bound, the client is found slow.
-    feed.publish_all(&rounds(200)).await.unwrap();
+    // Then 600 KiB of small rounds: over the queue's bound, the client is found slow, and its
+    // close frame waits behind the rest of the large round.
+    let small = json!({ "pad": "x".repeat(2048) }).to_string();
+    let rounds: Vec<Round> = (0..300).map(|_| feed.round(crash, &small)).collect();
+    feed.publish_all(&rounds).await.unwrap();
     let slow = || {
         gw.metric(
             "datastream_gateway_disconnects_total",

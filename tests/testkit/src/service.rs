@@ -1,7 +1,7 @@
 //! Datastream's own binaries as child processes, with their logs captured to a file.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,30 @@ use nix::unistd::Pid;
 
 use crate::dirs::ScratchDir;
 
-/// Path of a workspace binary of the same build profile as the running program: a test runs
-/// from `target/<profile>/deps/`, a harness binary from `target/<profile>/`. The check script
-/// builds all binaries before the tests run.
+/// Where the tests take Datastream's binaries from when it is set: scripts/check points it at the
+/// release build, the binaries the image ships (`scripts/run` reads the same variable).
+pub const BIN_DIR: &str = "DATASTREAM_BIN_DIR";
+
+/// Path of workspace binary `name`: in [`BIN_DIR`] when that is set, else of the running
+/// program's own build ([`own_build_bin_path`]).
 pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let Some(dir) = std::env::var_os(BIN_DIR) else {
+        return own_build_bin_path(name);
+    };
+    let path = Path::new(&dir).join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{name} is not in {BIN_DIR}={} (scripts/build-release builds it there)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Path of a workspace binary of the same build profile as the running program, whatever
+/// [`BIN_DIR`] says: a test runs from `target/<profile>/deps/`, a harness binary from
+/// `target/<profile>/`. The consumer with fail points exists only in the test build. The check
+/// script builds all binaries before the tests run.
+pub fn own_build_bin_path(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
@@ -43,14 +63,33 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts workspace binary `name` with `args` and `env` (added to this process's environment,
-    /// minus `RUST_LOG` unless given). Output goes to a log file readable with [`Service::log`].
+    /// Starts workspace binary `name` ([`bin_path`]) with `args` and `env` (added to this
+    /// process's environment, minus `RUST_LOG` unless given). Output goes to a log file readable
+    /// with [`Service::log`].
     pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Service> {
+        Service::start_binary(&bin_path(name)?, name, args, env)
+    }
+
+    /// [`Service::start`] with the test build's own binary ([`own_build_bin_path`]).
+    pub fn start_own_build(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Service> {
+        Service::start_binary(&own_build_bin_path(name)?, name, args, env)
+    }
+
+    fn start_binary(
+        path: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Service> {
         let dir = ScratchDir::new(name)?;
         let log = File::create(dir.path().join("out.log"))?;
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "SIGKILL", "--"])
-            .arg(bin_path(name)?)
+            .arg(path)
             .args(args)
             .env_remove("RUST_LOG")
             .env("LOG_FORMAT", "json")
