@@ -32,8 +32,9 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Path of a workspace binary of the same build profile as the running program, whatever
 /// [`BIN_DIR`] says: a test runs from `target/<profile>/deps/`, a harness binary from
-/// `target/<profile>/`. The consumer with fail points exists only in the test build. The check
-/// script builds all binaries before the tests run.
+/// `target/<profile>/`. The consumer with fail points exists only in the test build (cargo
+/// builds it for the consumer's integration tests); build the others first when
+/// [`BIN_DIR`] is not set (`cargo build --workspace --bins`).
 pub fn own_build_bin_path(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
