@@ -15,8 +15,8 @@
 //!   peer's clients get the raw MessagePack payload in a `MSG`, the gateway's get JSON: each
 //!   client only finds the round id in what it gets.
 //!
-//! Latency runs from the instant just before the publish call to the instant the client's read
-//! returned (one process, one clock), matched by round id. A step passes when its p99 is at most
+//! Latency runs from the instant just before the publish call to the kernel's receive timestamp
+//! of the client's socket (one clock, the wall clock; see `loadgen::Stamp`), matched by round id. A step passes when its p99 is at most
 //! `--p99-ms`, at least 99 % of its deliveries arrived (within 5 s after the step) and no
 //! connection was closed. For each step: offered and delivered deliveries/s, latency
 //! p50/p99/max, and the server's CPU seconds (user + system, `/proc/PID/stat`) per delivery
@@ -24,7 +24,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bench::gateway::{machine_load, nats_websocket, publish, round, LoadOptions};
 use bench::loadgen::{Clients, Histogram, Protocol, Sink, Spec, Stamp};
@@ -69,27 +69,29 @@ enum Which {
     Both,
 }
 
-/// When each event was published, and in which step: `(step + 1) << 48 | ns since origin`,
-/// indexed by round id − 1; 0 until published.
+/// When each event was published (wall clock, to compare with the kernel's receive timestamps),
+/// and in which step: `(step + 1) << 48 | ns since origin`, indexed by round id − 1; 0 until
+/// published.
 struct Published {
-    origin: Instant,
+    origin: SystemTime,
     slots: Vec<AtomicU64>,
 }
 
 impl Published {
     fn new(events: usize) -> Published {
         Published {
-            origin: Instant::now(),
+            origin: SystemTime::now(),
             slots: (0..events).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     fn mark(&self, index: usize, step: usize) {
-        let ns = self.origin.elapsed().as_nanos() as u64;
+        let since = SystemTime::now().duration_since(self.origin);
+        let ns = since.unwrap_or_default().as_nanos() as u64;
         self.slots[index].store(((step as u64 + 1) << 48) | ns, Ordering::Release);
     }
 
-    fn lookup(&self, round_id: i64) -> Option<(usize, Instant)> {
+    fn lookup(&self, round_id: i64) -> Option<(usize, SystemTime)> {
         let index = usize::try_from(round_id).ok()?.checked_sub(1)?;
         let slot = self.slots.get(index)?.load(Ordering::Acquire);
         (slot != 0).then(|| {
@@ -115,7 +117,8 @@ impl Sink for Recorder {
         if let Some((step, sent)) = self.published.lookup(round_id) {
             let (histogram, count) = &mut self.steps[step];
             *count += 1;
-            histogram.record(at.read.saturating_duration_since(sent).as_micros() as u64);
+            let latency = at.kernel.duration_since(sent).unwrap_or_default();
+            histogram.record(latency.as_micros() as u64);
         }
     }
 }
