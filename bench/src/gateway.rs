@@ -112,8 +112,9 @@ impl Gateway {
 #[derive(Debug, clap::Args)]
 #[command(about = None, long_about = None)]
 pub struct LoadOptions {
-    #[command(flatten)]
-    pub readers: crate::loadgen::Readers,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// The gateway's HTTP_WORKERS.
     #[arg(long, default_value_t = 2)]
     pub http_workers: usize,

@@ -60,21 +60,6 @@ pub struct Spec {
     pub source: Option<IpAddr>,
 }
 
-/// How the load generator's threads read.
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct Readers {
-    /// Load generator threads.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    /// Read every N milliseconds instead of waking for each arriving segment (0). On loopback,
-    /// a write to a socket whose reader sleeps in `epoll_wait` wakes that reader on the writer's
-    /// CPU time, a cost a client on another machine never puts on the server; a reader that
-    /// sleeps between rounds of reading is not waiting in `epoll_wait`, so the server pays no
-    /// wake-ups, and the kernel's receive timestamps keep arrival times exact.
-    #[arg(long, default_value_t = 0)]
-    pub read_every_ms: u64,
-}
-
 /// When a delivery arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
@@ -123,10 +108,9 @@ pub struct Clients<S: Sink> {
 }
 
 impl<S: Sink> Clients<S> {
-    /// Opens `specs` from `readers.threads` threads (round-robin), each with its own sink.
-    pub fn start(specs: Vec<Spec>, readers: Readers, mut sink: impl FnMut() -> S) -> Clients<S> {
-        let threads = readers.threads.max(1);
-        let pause = Duration::from_millis(readers.read_every_ms);
+    /// Opens `specs` from `threads` threads (round-robin), each with its own sink.
+    pub fn start(specs: Vec<Spec>, threads: usize, mut sink: impl FnMut() -> S) -> Clients<S> {
+        let threads = threads.max(1);
         let total = specs.len();
         let mut shares: Vec<Vec<Spec>> = vec![Vec::new(); threads];
         for (i, spec) in specs.into_iter().enumerate() {
@@ -142,7 +126,7 @@ impl<S: Sink> Clients<S> {
             let (status, stop) = (Arc::clone(&status), Arc::clone(&stop));
             let handle = std::thread::Builder::new()
                 .name(format!("loadgen-{i}"))
-                .spawn(move || run_thread(share, pause, &sink, &status, &stop))
+                .spawn(move || run_thread(share, &sink, &status, &stop))
                 .unwrap();
             handles.push(handle);
         }
@@ -208,7 +192,6 @@ impl<S: Sink> Drop for Clients<S> {
 
 fn run_thread<S: Sink>(
     specs: Vec<Spec>,
-    pause: Duration,
     sink: &Mutex<S>,
     status: &Status,
     stop: &AtomicBool,
@@ -234,9 +217,6 @@ fn run_thread<S: Sink>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut control = nix::cmsg_space!([nix::sys::time::TimeSpec; 3]);
     while !stop.load(Ordering::Acquire) {
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
         match poll.poll(&mut events, Some(Duration::from_millis(100))) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,

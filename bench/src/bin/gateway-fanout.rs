@@ -265,7 +265,7 @@ async fn run_side(args: &Args, nats_side: bool) -> anyhow::Result<Vec<Step>> {
     );
     let connecting = Instant::now();
     let rates = args.rates.len();
-    let mut clients = Clients::start(specs, args.load.readers, || Recorder {
+    let mut clients = Clients::start(specs, args.load.threads, || Recorder {
         published: Arc::clone(&published),
         steps: vec![(Histogram::default(), 0); rates],
         total: 0,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bench::commit_latency::{print_header, NatsArrivals, Pace, Pipeline};
 use bench::gateway::machine_load;
-use bench::loadgen::{Clients, Protocol, Readers, Sink, Spec, Stamp};
+use bench::loadgen::{Clients, Protocol, Sink, Spec, Stamp};
 use clap::Parser;
 use testkit::seeded_games;
 
@@ -34,8 +34,9 @@ struct Args {
     sse: usize,
     #[command(flatten)]
     pace: Pace,
-    #[command(flatten)]
-    readers: Readers,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     /// The gateway's HTTP_WORKERS.
     #[arg(long, default_value_t = 2)]
     http_workers: usize,
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         args.sse,
         games.len()
     );
-    let mut clients = Clients::start(specs, args.readers, Arrivals::default);
+    let mut clients = Clients::start(specs, args.threads, Arrivals::default);
     clients.wait_connected(Duration::from_secs(120)).await?;
 
     let at_nats = NatsArrivals::start(&pipeline.nats.url()).await?;

@@ -108,7 +108,7 @@ async fn measure(args: &Args, target: Target) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (before, _) = rss_kib(pid)?;
     let fds_before = open_files(pid);
-    let mut clients = Clients::start(specs, args.load.readers, || Count(0));
+    let mut clients = Clients::start(specs, args.load.threads, || Count(0));
     clients.wait_connected(Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let (with, _) = rss_kib(pid)?;
