@@ -19,6 +19,7 @@ use actix_http::{ConnectionType, Request, StatusCode};
 use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
 use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::rt::net::TcpStream;
+use futures_util::future::LocalBoxFuture;
 use futures_util::SinkExt;
 
 use super::{json_error, ws};
@@ -47,7 +48,12 @@ where
             let app = Rc::new(app.new_service(AppConfig::default()).await?);
             Ok(fn_service(move |upgrade: Upgrade| {
                 let app = Rc::clone(&app);
-                async move { serve(&*app, upgrade).await }
+                // Boxed: actix-http keeps this future inline in every connection's dispatcher (an
+                // enum as large as its largest state), and it holds a whole WebSocket connection.
+                // Unboxed, each SSE stream and plain request paid for its size, ~3.7 KiB.
+                let serving: LocalBoxFuture<'static, Result<(), actix_web::Error>> =
+                    Box::pin(async move { serve(&*app, upgrade).await });
+                serving
             }))
         }
     })
