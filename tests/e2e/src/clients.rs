@@ -152,6 +152,13 @@ impl Gateway {
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         Ok(metric_value(&self.metrics().await?, name, labels))
     }
+
+    /// Connections the gateway ended, `datastream_gateway_disconnects_total`, with at least
+    /// `labels` (`reason`, `protocol`).
+    pub async fn disconnects(&self, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        self.metric("datastream_gateway_disconnects_total", labels)
+            .await
+    }
 }
 
 /// Reads one sample from Prometheus/OpenMetrics text.

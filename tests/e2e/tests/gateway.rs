@@ -449,12 +449,9 @@ async fn ws_resume_since_and_reset_4010() {
         .unwrap()
         .contains("cursor"));
     assert_eq!(
-        gw.metric(
-            "datastream_gateway_disconnects_total",
-            &[("protocol", "ws"), ("reason", "cursor_reset")]
-        )
-        .await
-        .unwrap(),
+        gw.disconnects(&[("protocol", "ws"), ("reason", "cursor_reset")])
+            .await
+            .unwrap(),
         2.0
     );
 }
@@ -548,12 +545,7 @@ async fn ws_ping_drops_peers_that_do_not_answer() {
     let seq = feed.publish(&round).await.unwrap();
     assert_eq!(alive.await.unwrap().unwrap(), seq);
     assert_eq!(
-        gw.metric(
-            "datastream_gateway_disconnects_total",
-            &[("reason", "ping_timeout")]
-        )
-        .await
-        .unwrap(),
+        gw.disconnects(&[("reason", "ping_timeout")]).await.unwrap(),
         1.0
     );
 }
@@ -609,12 +601,7 @@ async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
     let small = json!({ "pad": "x".repeat(2048) }).to_string();
     let rounds: Vec<Round> = (0..300).map(|_| feed.round(crash, &small)).collect();
     feed.publish_all(&rounds).await.unwrap();
-    let slow = || {
-        gw.metric(
-            "datastream_gateway_disconnects_total",
-            &[("protocol", "ws"), ("reason", "slow")],
-        )
-    };
+    let slow = || gw.disconnects(&[("protocol", "ws"), ("reason", "slow")]);
     testkit::wait_until(T, "the stalled client to be found slow", || async {
         (slow().await.ok()? == 1.0).then_some(())
     })
@@ -635,12 +622,7 @@ async fn ws_close_frame_the_peer_never_takes_is_dropped_after_two_intervals() {
         "dropped {dropped_after:?} after it was found slow: before its close frame's deadline"
     );
     assert_eq!(
-        gw.metric(
-            "datastream_gateway_disconnects_total",
-            &[("reason", "ping_timeout")]
-        )
-        .await
-        .unwrap(),
+        gw.disconnects(&[("reason", "ping_timeout")]).await.unwrap(),
         0.0,
         "ended by the close frame's deadline, not by the ping rule"
     );

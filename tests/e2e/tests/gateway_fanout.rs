@@ -236,12 +236,7 @@ async fn nats_restart_gap_is_refilled_for_connected_clients() {
             "replay_failed",
         ] {
             assert_eq!(
-                gw.metric(
-                    "datastream_gateway_disconnects_total",
-                    &[("reason", reason)]
-                )
-                .await
-                .unwrap(),
+                gw.disconnects(&[("reason", reason)]).await.unwrap(),
                 0.0,
                 "no client was dropped ({reason})"
             );

@@ -134,10 +134,7 @@ async fn slow_client_is_closed_1008_while_others_keep_their_latency() {
             &format!("the stalled {protocol} client to be dropped"),
             || async {
                 let n = gw
-                    .metric(
-                        "datastream_gateway_disconnects_total",
-                        &[("protocol", protocol), ("reason", "slow")],
-                    )
+                    .disconnects(&[("protocol", protocol), ("reason", "slow")])
                     .await
                     .ok()?;
                 (n == 1.0).then_some(())

@@ -212,12 +212,9 @@ async fn wt_latest_then_100_rounds_on_the_stream_and_as_datagrams() {
     .await
     .unwrap();
     assert_eq!(
-        metric(
-            &gw,
-            "datastream_gateway_disconnects_total",
-            &[("protocol", "wt"), ("reason", "client_gone")]
-        )
-        .await,
+        gw.disconnects(&[("protocol", "wt"), ("reason", "client_gone")])
+            .await
+            .unwrap(),
         1.0
     );
 }
@@ -362,12 +359,10 @@ async fn wt_since_resumes_exactly_the_missed_events() {
     );
     for gateway in [&gw, &gw_small] {
         assert_eq!(
-            metric(
-                gateway,
-                "datastream_gateway_disconnects_total",
-                &[("protocol", "wt"), ("reason", "cursor_reset")]
-            )
-            .await,
+            gateway
+                .disconnects(&[("protocol", "wt"), ("reason", "cursor_reset")])
+                .await
+                .unwrap(),
             1.0
         );
     }
@@ -601,12 +596,9 @@ async fn wt_slow_stream_reader_is_closed_1008_and_others_are_served() {
         (1008, "slow consumer".to_owned())
     );
     assert_eq!(
-        metric(
-            &gw,
-            "datastream_gateway_disconnects_total",
-            &[("protocol", "wt"), ("reason", "slow")]
-        )
-        .await,
+        gw.disconnects(&[("protocol", "wt"), ("reason", "slow")])
+            .await
+            .unwrap(),
         1.0
     );
     assert!(metric(&gw, "datastream_gateway_dropped_events_total", &[]).await >= 1.0);

@@ -205,12 +205,9 @@ async fn bad_bytes_and_bad_frames_get_their_close_codes() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(
-        gw.metric(
-            "datastream_gateway_disconnects_total",
-            &[("protocol", "ws"), ("reason", "protocol_error")]
-        )
-        .await
-        .unwrap(),
+        gw.disconnects(&[("protocol", "ws"), ("reason", "protocol_error")])
+            .await
+            .unwrap(),
         cases.len() as f64,
         "every bad frame counted as a protocol error"
     );
