@@ -230,7 +230,7 @@ impl Latencies {
         self.from_send
             .push(at.read.saturating_duration_since(sent.at));
         if let Some(committed) = committed {
-            let latency = at.kernel.duration_since(*committed).unwrap_or_default();
+            let latency = at.received.duration_since(*committed).unwrap_or_default();
             self.from_commit.push(latency);
         }
     }
@@ -284,7 +284,7 @@ impl Written {
     }
 
     /// Prints the table's last rows: the NATS subscriber, for the measured rounds.
-    pub fn print_nats_row(&self, at_nats: &HashMap<i64, Stamp>) {
+    pub fn print_nats_rows(&self, at_nats: &HashMap<i64, Stamp>) {
         let mut to_nats = Latencies::default();
         for (id, sent) in self.sent.iter().filter(|(_, sent)| sent.measured) {
             if let Some(at) = at_nats.get(id) {

@@ -65,10 +65,11 @@ pub struct Spec {
 pub struct Stamp {
     /// The instant the read returned (this process's clock for intervals).
     pub read: Instant,
-    /// When the kernel received the last segment the read returned (wall clock, to compare with
-    /// PostgreSQL's commit timestamps); the read's own time for bytes without one (those that came
-    /// with a handshake's answer).
-    pub kernel: SystemTime,
+    /// When the client received the data (wall clock, to compare with PostgreSQL's commit
+    /// timestamps): the kernel's receive timestamp of the last segment read on the load
+    /// generator's sockets; the wall clock when the read returned for clients and bytes without
+    /// one ([`Stamp::now`]).
+    pub received: SystemTime,
 }
 
 impl Stamp {
@@ -77,7 +78,7 @@ impl Stamp {
     pub fn now() -> Stamp {
         Stamp {
             read: Instant::now(),
-            kernel: SystemTime::now(),
+            received: SystemTime::now(),
         }
     }
 }
@@ -511,7 +512,7 @@ fn read_stamped(
         MsgFlags::empty(),
     )?;
     let read = Instant::now();
-    let kernel = msg.cmsgs()?.find_map(|cmsg| match cmsg {
+    let received = msg.cmsgs()?.find_map(|cmsg| match cmsg {
         ControlMessageOwned::ScmTimestampsns(stamps) => Some(
             UNIX_EPOCH
                 + Duration::new(
@@ -521,8 +522,8 @@ fn read_stamped(
         ),
         _ => None,
     });
-    let kernel = kernel.unwrap_or_else(SystemTime::now);
-    Ok((msg.bytes, Stamp { read, kernel }))
+    let received = received.unwrap_or_else(SystemTime::now);
+    Ok((msg.bytes, Stamp { read, received }))
 }
 
 /// Calls `frame(opcode, payload)` for every complete (unmasked, server) frame in `data`;

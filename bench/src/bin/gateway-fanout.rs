@@ -15,12 +15,13 @@
 //!   peer's clients get the raw MessagePack payload in a `MSG`, the gateway's get JSON: each
 //!   client only finds the round id in what it gets.
 //!
-//! Latency runs from the instant just before the publish call to the kernel's receive timestamp
-//! of the client's socket (one clock, the wall clock; see `loadgen::Stamp`), matched by round id. A step passes when its p99 is at most
-//! `--p99-ms`, at least 99 % of its deliveries arrived (within 5 s after the step) and no
-//! connection was closed. For each step: offered and delivered deliveries/s, latency
-//! p50/p99/max, and the server's CPU seconds (user + system, `/proc/PID/stat`) per delivery
-//! over the step, next to the server's and the load generator's share of the 2 cores.
+//! Latency runs from the instant just before the publish call to the kernel's receive timestamp of
+//! the client's socket (one clock, the wall clock; see `loadgen::Stamp`), matched by round id. A
+//! step passes when its p99 is at most `--p99-ms`, at least 99 % of its deliveries arrived (within
+//! 5 s after the step) and no connection was closed. For each step: offered and delivered
+//! deliveries/s, latency p50/p99/max, and the server's CPU seconds (user + system,
+//! `/proc/PID/stat`) per delivery over the step, next to the server's and the load generator's
+//! share of the 2 cores.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -117,7 +118,7 @@ impl Sink for Recorder {
         if let Some((step, sent)) = self.published.lookup(round_id) {
             let (histogram, count) = &mut self.steps[step];
             *count += 1;
-            let latency = at.kernel.duration_since(sent).unwrap_or_default();
+            let latency = at.received.duration_since(sent).unwrap_or_default();
             histogram.record(latency.as_micros() as u64);
         }
     }

@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, protocol) in [("WebSocket", Protocol::GatewayWs), ("SSE", Protocol::Sse)] {
         tally.print_row(&format!("{name} client"), protocol, due(protocol));
     }
-    written.print_nats_row(&at_nats);
+    written.print_nats_rows(&at_nats);
     println!(
         "\n{}; connections closed by the gateway: {closed}; {}",
         written.pipeline_cpu(),

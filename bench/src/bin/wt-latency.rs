@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         tally.print_row(name, path, want);
     }
-    written.print_nats_row(&at_nats);
+    written.print_nats_rows(&at_nats);
     let metrics = http_get(gateway.addr, "/metrics").await.unwrap_or_default();
     let metric = |name: &str| -> f64 {
         metrics
